@@ -1,0 +1,1 @@
+//! arc_challenge plugin (in progress).

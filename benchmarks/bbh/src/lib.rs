@@ -1,0 +1,1 @@
+//! bbh plugin (in progress).

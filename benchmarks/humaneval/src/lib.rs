@@ -1,0 +1,1 @@
+//! humaneval plugin (in progress).

@@ -1,0 +1,1 @@
+//! mbpp plugin (in progress).

@@ -1,0 +1,1 @@
+//! mmlu plugin (in progress).

@@ -1,0 +1,1 @@
+//! openbookqa plugin (in progress).

@@ -1,0 +1,1 @@
+//! race plugin (in progress).

@@ -1,0 +1,1 @@
+//! truthfulqa_mc1 plugin (in progress).
