@@ -26,7 +26,10 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
     })
 }
 
-fn parse_jsonl<T: DeserializeOwned>(path: &Path, reader: impl BufRead) -> Result<Vec<T>, String> {
+fn parse_jsonl<T: DeserializeOwned>(
+    path: &Path,
+    reader: impl BufRead,
+) -> Result<Vec<(usize, T)>, String> {
     let mut out = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
@@ -35,13 +38,21 @@ fn parse_jsonl<T: DeserializeOwned>(path: &Path, reader: impl BufRead) -> Result
         }
         let v = serde_json::from_str(&line)
             .map_err(|e| format!("{}:{}: malformed record: {e}", path.display(), i + 1))?;
-        out.push(v);
+        out.push((i + 1, v));
     }
     Ok(out)
 }
 
 /// JSON Lines, one record per non-empty line (error: file and line).
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, String> {
+    Ok(read_jsonl_numbered(path)?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
+}
+
+/// JSON Lines with each record's 1-based line number (for later validation errors).
+pub fn read_jsonl_numbered<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>, String> {
     let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
     parse_jsonl(path, BufReader::new(f))
 }
@@ -53,11 +64,15 @@ pub fn read_jsonl_gz<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, String>
     flate2::read::GzDecoder::new(f)
         .read_to_string(&mut text)
         .map_err(|e| io_err(path, format!("gzip: {e}")))?;
-    parse_jsonl(path, text.as_bytes())
+    Ok(parse_jsonl(path, text.as_bytes())?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
 }
 
-/// A headerless CSV file as rows of exactly `columns` fields (error: file and line).
-pub fn read_csv(path: &Path, columns: usize) -> Result<Vec<Vec<String>>, String> {
+/// A headerless CSV file as (1-based line, fields) rows of exactly `columns` fields
+/// (error: file and line).
+pub fn read_csv(path: &Path, columns: usize) -> Result<Vec<(u64, Vec<String>)>, String> {
     let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
     let mut r = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -77,7 +92,7 @@ pub fn read_csv(path: &Path, columns: usize) -> Result<Vec<Vec<String>>, String>
                 rec.len()
             ));
         }
-        rows.push(rec.iter().map(str::to_string).collect());
+        rows.push((line, rec.iter().map(str::to_string).collect()));
     }
     Ok(rows)
 }

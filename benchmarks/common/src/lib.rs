@@ -2,6 +2,7 @@
 //! file and line, the few-shot prompt assembly of PROTOCOL.md §2, multiple-choice scoring
 //! (acc / acc_norm), pass@k, and test utilities.
 
+pub mod arc_format;
 pub mod code;
 pub mod data;
 pub mod mc;
