@@ -56,3 +56,34 @@ mod tests {
         assert_eq!(pass_at_1(&[Outcome::Passed]), Some(1.0));
     }
 }
+
+/// The score of a code item: `pass@1` from the sandbox outcomes (one per response/program).
+/// No outcomes at all, or any `Unavailable`, makes the metric unavailable (`None`), not 0.
+pub fn score_item(
+    doc_id: usize,
+    subtask: &str,
+    gold: &str,
+    num_responses: usize,
+    outcomes: &[Outcome],
+) -> Result<dtm_plugin_api::ItemScore, String> {
+    if !outcomes.is_empty() && outcomes.len() != num_responses {
+        return Err(format!(
+            "doc {doc_id}: {} outcomes for {num_responses} programs",
+            outcomes.len()
+        ));
+    }
+    let mut s = dtm_plugin_api::ItemScore {
+        doc_id,
+        subtask: subtask.to_string(),
+        gold: gold.to_string(),
+        ..Default::default()
+    };
+    s.metrics.insert("pass@1".into(), pass_at_1(outcomes));
+    let status: Vec<&str> = if outcomes.is_empty() {
+        vec!["unavailable"]
+    } else {
+        outcomes.iter().map(|o| outcome_name(*o)).collect()
+    };
+    s.extracted.insert("status".into(), status.join(","));
+    Ok(s)
+}
