@@ -36,27 +36,6 @@ pub fn outcome_name(o: Outcome) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pass_at_k_values() {
-        assert_eq!(pass_at_k(1, 1, 1), 1.0);
-        assert_eq!(pass_at_k(1, 0, 1), 0.0);
-        assert!((pass_at_k(10, 3, 1) - 0.3).abs() < 1e-12);
-        // 1 - C(2,2)/C(4,2) = 1 - 1/6
-        assert!((pass_at_k(4, 2, 2) - 5.0 / 6.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn unavailable_is_none() {
-        assert_eq!(pass_at_1(&[Outcome::Unavailable]), None);
-        assert_eq!(pass_at_1(&[Outcome::TimedOut]), Some(0.0));
-        assert_eq!(pass_at_1(&[Outcome::Passed]), Some(1.0));
-    }
-}
-
 /// The score of a code item: `pass@1` from the sandbox outcomes (one per response/program).
 /// No outcomes at all, or any `Unavailable`, makes the metric unavailable (`None`), not 0.
 pub fn score_item(
@@ -86,4 +65,25 @@ pub fn score_item(
     };
     s.extracted.insert("status".into(), status.join(","));
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_at_k_values() {
+        assert_eq!(pass_at_k(1, 1, 1), 1.0);
+        assert_eq!(pass_at_k(1, 0, 1), 0.0);
+        assert!((pass_at_k(10, 3, 1) - 0.3).abs() < 1e-12);
+        // 1 - C(2,2)/C(4,2) = 1 - 1/6
+        assert!((pass_at_k(4, 2, 2) - 5.0 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unavailable_is_none() {
+        assert_eq!(pass_at_1(&[Outcome::Unavailable]), None);
+        assert_eq!(pass_at_1(&[Outcome::TimedOut]), Some(0.0));
+        assert_eq!(pass_at_1(&[Outcome::Passed]), Some(1.0));
+    }
 }
