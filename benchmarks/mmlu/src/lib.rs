@@ -9,7 +9,9 @@ use std::path::Path;
 pub const NAME: &str = "mmlu";
 pub const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
 
-/// Subject → category (the MMLU paper's grouping; lm-eval uses the same).
+/// Subject → category, as lm-eval groups MMLU (19 STEM, 13 humanities, 12 social sciences,
+/// 13 other). Note: lm-eval counts `anatomy` as STEM; the original hendrycks `categories.py`
+/// files it under health, i.e. "other". We follow lm-eval.
 pub const CATEGORIES: [(&str, &str); 57] = [
     ("abstract_algebra", "stem"),
     ("anatomy", "stem"),
