@@ -58,6 +58,14 @@ fn main() {
         ms[ms.len() - 1]
     );
 
+    let mut slowest: Vec<(u64, &str)> = outcomes
+        .iter()
+        .zip(&tasks)
+        .map(|(o, t)| (o.millis, t.task_id.as_str()))
+        .collect();
+    slowest.sort_unstable_by(|a, b| b.cmp(a));
+    println!("slowest in the sandbox (ms): {:?}", &slowest[..5]);
+
     let python = std::env::var("DTM_NATIVE_PYTHON").unwrap_or_else(|_| "python3".into());
     // Resolve the real interpreter (pyenv-style shims need PATH; the runs get no env).
     let python = Command::new(&python)
