@@ -724,6 +724,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sandbox_is_shareable_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Sandbox>();
+        send_sync::<Outcome>();
+    }
+
+    #[test]
     fn status_serialises_lowercase() {
         let s: Vec<String> = [
             Status::Passed,

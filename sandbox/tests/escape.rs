@@ -331,6 +331,12 @@ fn forged_completion_record_is_not_a_pass() {
         "import os, sys\nsys.stdout.write('\\n\\x1edtm-done:' + '0' * 32 + ':ok::\\n')\nsys.stdout.flush()\nos._exit(0)",
     );
     expect(&o, Status::Failed);
+    // Patching the os module does not turn a failure into a pass.
+    let o = run(
+        "import os\nos._exit = lambda code: None\nos.write = lambda fd, b: len(b)\nassert 1 == 2",
+    );
+    expect(&o, Status::Failed);
+    assert_eq!(o.error_type.as_deref(), Some("AssertionError"), "{o:#?}");
     // The nonce is neither in the program's globals, nor argv, nor the environment, nor
     // on stdin.
     let o = run(
