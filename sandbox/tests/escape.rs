@@ -270,7 +270,15 @@ fn print_flood_100_mb() {
 
 #[test]
 fn stderr_flood_keeps_the_tail() {
-    let o = run("import sys\nfor i in range(200000):\n    sys.stderr.write('line %d\\n' % i)\nraise ValueError('end')");
+    // 2.2 MB in 20k unbuffered writes (stderr), past the 1 MiB cap; a generous limit since
+    // this is about capture, not speed.
+    let o = run_with(
+        "import sys\nfor i in range(20000):\n    sys.stderr.write('line %6d %s\\n' % (i, 'e' * 100))\nraise ValueError('end')",
+        &Limits {
+            timeout: Duration::from_secs(20),
+            ..Limits::default()
+        },
+    );
     expect(&o, Status::Failed);
     assert!(o.stderr_truncated);
     assert!(o.stderr.len() <= Limits::default().stderr_cap);
