@@ -152,7 +152,9 @@ pub unsafe fn load<B: Benchmark>(
         let flags = validate_options(&d, &call.options)?;
         let mut options = call.options.clone();
         options.flags = flags.clone();
+        crate::take_data_files(Path::new(&call.data_dir));
         let bench = B::load(Path::new(&call.data_dir), &options)?;
+        let data_files = crate::take_data_files(Path::new(&call.data_dir));
         let items = apply_limit_and_cap(bench.items(), options.limit, options.max_new_tokens);
         let mut ids = HashSet::new();
         for it in &items {
@@ -167,6 +169,7 @@ pub unsafe fn load<B: Benchmark>(
             max_new_tokens: options.max_new_tokens,
             flags,
             num_items: items.len(),
+            data_files,
         };
         let items_json = serde_json::to_string(&Envelope::Ok(&items)).map_err(|e| e.to_string())?;
         *task_out = Box::into_raw(Box::new(TaskBox { bench, items_json })) as *mut c_void;

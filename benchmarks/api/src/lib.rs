@@ -20,6 +20,34 @@ pub use types::*;
 /// Bumped on every incompatible change of the functions or of the JSON types.
 pub const ABI_VERSION: u32 = 1;
 
+thread_local! {
+    static DATA_FILES: std::cell::RefCell<Vec<std::path::PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A plugin calls this for every data file its `load` reads (the readers in
+/// `dtm-bench-common` do it for you); the files are listed in [`TaskInfo::data_files`] and the
+/// harness records their hashes beside the results, so a number names the data it came from.
+pub fn record_data_file(path: &std::path::Path) {
+    DATA_FILES.with(|f| f.borrow_mut().push(path.to_owned()));
+}
+
+/// The files recorded since the last call, relative to `data_dir`, sorted and deduplicated.
+pub(crate) fn take_data_files(data_dir: &std::path::Path) -> Vec<String> {
+    let mut files: Vec<String> = DATA_FILES
+        .with(|f| std::mem::take(&mut *f.borrow_mut()))
+        .into_iter()
+        .map(|p| {
+            p.strip_prefix(data_dir)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
 /// Result type of plugin code: errors are plain messages (they cross the C boundary as text).
 pub type PluginResult<T> = Result<T, String>;
 

@@ -82,6 +82,10 @@ pub struct TaskInfo {
     pub flags: BTreeMap<String, String>,
     /// Number of items after `limit`.
     pub num_items: usize,
+    /// The data files `load` read, relative to the data folder (the harness records their
+    /// hashes with the results). Filled from [`crate::record_data_file`].
+    #[serde(default)]
+    pub data_files: Vec<String>,
 }
 
 /// A request to the model (PROTOCOL.md §1).

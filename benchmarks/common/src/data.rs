@@ -10,6 +10,7 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> String {
 
 /// The whole file as UTF-8 text.
 pub fn read_text(path: &Path) -> Result<String, String> {
+    crate::api::record_data_file(path);
     std::fs::read_to_string(path).map_err(|e| io_err(path, e))
 }
 
@@ -53,12 +54,14 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, String> {
 
 /// JSON Lines with each record's 1-based line number (for later validation errors).
 pub fn read_jsonl_numbered<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>, String> {
+    crate::api::record_data_file(path);
     let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
     parse_jsonl(path, BufReader::new(f))
 }
 
 /// Gzip-compressed JSON Lines.
 pub fn read_jsonl_gz<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, String> {
+    crate::api::record_data_file(path);
     let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
     let mut text = String::new();
     flate2::read::GzDecoder::new(f)
@@ -73,6 +76,7 @@ pub fn read_jsonl_gz<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, String>
 /// A headerless CSV file as (1-based line, fields) rows of exactly `columns` fields
 /// (error: file and line).
 pub fn read_csv(path: &Path, columns: usize) -> Result<Vec<(u64, Vec<String>)>, String> {
+    crate::api::record_data_file(path);
     let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
     let mut r = csv::ReaderBuilder::new()
         .has_headers(false)

@@ -79,8 +79,9 @@ impl Benchmark for TinyQa {
     fn load(data_dir: &Path, _options: &LoadOptions) -> PluginResult<Self> {
         let path = data_dir.join("tiny_qa/questions.jsonl");
         let questions = if path.is_file() {
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            // Recorded so that the harness lists the file and its hash with the results.
+            dtm_plugin_api::record_data_file(&path);
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             parse(&path.display().to_string(), &text)?
         } else {
             parse("built-in data/questions.jsonl", BUILT_IN)?

@@ -1,0 +1,103 @@
+//! Opening checkpoints: a Hugging Face folder or a single GGUF file, into one [`LoadedModel`].
+
+pub mod gguf;
+mod gguf_tokenizer;
+pub mod hf;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use crate::error::{first_line, LoadError};
+use crate::model::{Decoder, ModelConfig};
+use crate::tokenizer::TextTokenizer;
+
+/// A model ready to run, with its tokenizer.
+pub struct LoadedModel {
+    pub path: PathBuf,
+    pub decoder: Decoder,
+    pub tokenizer: TextTokenizer,
+}
+
+impl LoadedModel {
+    pub fn config(&self) -> &ModelConfig {
+        self.decoder.config()
+    }
+}
+
+/// Loads `path` (a checkpoint folder or a `.gguf` file) in `dtype` on `device`.
+pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel, LoadError> {
+    if !path.exists() {
+        return Err(LoadError::at(path, "no such file or directory"));
+    }
+    let (config, tokenizer, vb, weights_name) = if path.is_dir() {
+        let folder = hf::open(path)?;
+        // SAFETY: the files are memory-mapped read-only; like every mmap-based loader we assume
+        // nobody truncates them while the model is loading.
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&folder.weight_files, dtype, device) }
+                .map_err(|e| {
+                    LoadError::at(path, format!("cannot read weights: {}", first_line(&e)))
+                })?;
+        let name = folder
+            .weight_files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        (folder.config, folder.tokenizer, vb, name)
+    } else {
+        let file = gguf::open(path)?;
+        let vb = VarBuilder::from_tensors(file.tensors, dtype, device);
+        (file.config, file.tokenizer, vb, path.display().to_string())
+    };
+    let decoder = Decoder::load(vb, &config)
+        .map_err(|e| LoadError::new(&weights_name, weight_problem(&e)))?;
+    Ok(LoadedModel {
+        path: path.to_owned(),
+        decoder,
+        tokenizer,
+    })
+}
+
+fn weight_problem(e: &candle_core::Error) -> String {
+    format!("weights do not match the config: {}", first_line(e))
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String, LoadError> {
+    use sha2::{Digest, Sha256};
+    let mut file =
+        std::fs::File::open(path).map_err(|e| LoadError::at(path, format!("cannot open: {e}")))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .map_err(|e| LoadError::at(path, format!("cannot read: {e}")))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// One hash for a checkpoint: of the file, or of every file of a folder (name and content, in
+/// name order), so that results name exactly the weights and tokenizer that produced them.
+pub fn fingerprint(path: &Path) -> Result<String, LoadError> {
+    use sha2::{Digest, Sha256};
+    if !path.is_dir() {
+        return sha256_file(path);
+    }
+    let mut names: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| LoadError::at(path, format!("cannot list: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    names.sort();
+    let mut hasher = Sha256::new();
+    for f in names {
+        hasher.update(
+            f.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        hasher.update(sha256_file(&f)?.as_bytes());
+    }
+    Ok(hex::encode(hasher.finalize()))
+}

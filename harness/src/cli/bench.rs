@@ -1,0 +1,196 @@
+//! `harness bench`: throughput of the request engine on a fixed, MMLU-shaped workload.
+//!
+//! The workload is built in, so numbers from different machines compare: `questions` four-choice
+//! questions after one shared five-shot preamble (each question's four continuations are
+//! ` A`..` D`), and `generations` greedy continuations of `new_tokens` tokens.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use dtm_harness::engine::{Engine, EngineOptions, GenerateRequest, LoglikelihoodRequest, Stats};
+
+use super::ModelArgs;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Four-choice questions scored per loglikelihood run.
+    #[arg(long, default_value_t = 24)]
+    questions: usize,
+    /// Prompts generated from.
+    #[arg(long, default_value_t = 4)]
+    generations: usize,
+    /// Tokens generated per prompt.
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+}
+
+const FACTS: [(&str, [&str; 4], usize); 8] = [
+    (
+        "Which planet is known as the Red Planet?",
+        ["Venus", "Mars", "Jupiter", "Saturn"],
+        1,
+    ),
+    (
+        "What is the boiling point of water at sea level in degrees Celsius?",
+        ["90", "100", "110", "120"],
+        1,
+    ),
+    (
+        "Which gas do plants absorb from the atmosphere for photosynthesis?",
+        ["Oxygen", "Nitrogen", "Carbon dioxide", "Helium"],
+        2,
+    ),
+    (
+        "Who wrote the play Romeo and Juliet?",
+        [
+            "Charles Dickens",
+            "Jane Austen",
+            "Mark Twain",
+            "William Shakespeare",
+        ],
+        3,
+    ),
+    (
+        "What is the largest ocean on Earth?",
+        [
+            "Pacific Ocean",
+            "Atlantic Ocean",
+            "Indian Ocean",
+            "Arctic Ocean",
+        ],
+        0,
+    ),
+    (
+        "How many sides does a hexagon have?",
+        ["Five", "Six", "Seven", "Eight"],
+        1,
+    ),
+    (
+        "Which organ pumps blood through the human body?",
+        ["Liver", "Lungs", "Heart", "Kidney"],
+        2,
+    ),
+    (
+        "What is the chemical symbol for gold?",
+        ["Ag", "Au", "Gd", "Go"],
+        1,
+    ),
+];
+
+fn question(i: usize) -> String {
+    let (q, options, _) = FACTS[i % FACTS.len()];
+    let letters = ["A", "B", "C", "D"];
+    let body: String = options
+        .iter()
+        .zip(letters)
+        .map(|(o, l)| format!("\n{l}. {o}"))
+        .collect();
+    format!("{q} (variant {i}){body}\nAnswer:")
+}
+
+fn workload(questions: usize) -> Vec<LoglikelihoodRequest> {
+    let letters = ["A", "B", "C", "D"];
+    let mut preamble = String::from(
+        "The following are multiple choice questions (with answers) about general knowledge.\n\n",
+    );
+    for (i, fact) in FACTS.iter().take(5).enumerate() {
+        preamble.push_str(&format!("{} {}\n\n", question(i), letters[fact.2]));
+    }
+    (0..questions)
+        .flat_map(|i| {
+            let context = format!("{preamble}{}", question(i + 5));
+            letters.iter().map(move |l| LoglikelihoodRequest {
+                context: context.clone(),
+                continuation: format!(" {l}"),
+            })
+        })
+        .collect()
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let start = Instant::now();
+    let out = f()?;
+    Ok((out, start.elapsed().as_secs_f64()))
+}
+
+fn report(name: &str, stats: &Stats, seconds: f64) -> serde_json::Value {
+    json!({
+        "run": name,
+        "seconds": seconds,
+        "tokens_requested": stats.requested,
+        "tokens_forwarded": stats.forwarded,
+        "padding": stats.padding,
+        "requested_tokens_per_second": stats.requested as f64 / seconds,
+        "forwarded_tokens_per_second": stats.forwarded as f64 / seconds,
+    })
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let base = args.model.engine_options();
+    let requests = workload(args.questions);
+    let mut runs = Vec::new();
+
+    for (name, entries) in [
+        (
+            "loglikelihood, prefix reuse",
+            base.prefix_cache_entries.max(1),
+        ),
+        ("loglikelihood, no reuse", 0),
+    ] {
+        let mut engine = Engine::new(
+            &model,
+            EngineOptions {
+                prefix_cache_entries: entries,
+                ..base.clone()
+            },
+        );
+        let (_, seconds) = timed(|| Ok(engine.loglikelihood(&requests)?))?;
+        let r = report(name, engine.stats(), seconds);
+        eprintln!(
+            "{name:32} {:>8.1} requested tok/s {:>8.1} forwarded tok/s  ({} of {} tokens forwarded, {seconds:.2} s)",
+            r["requested_tokens_per_second"].as_f64().unwrap_or(0.0),
+            r["forwarded_tokens_per_second"].as_f64().unwrap_or(0.0),
+            engine.stats().forwarded,
+            engine.stats().requested,
+        );
+        runs.push(r);
+    }
+
+    let prompts: Vec<GenerateRequest> = (0..args.generations)
+        .map(|i| GenerateRequest {
+            context: format!("Q: {}\nA:", FACTS[i % FACTS.len()].0),
+            until: Vec::new(),
+            max_new_tokens: args.new_tokens,
+        })
+        .collect();
+    let mut engine = Engine::new(&model, base.clone());
+    let (generations, seconds) = timed(|| Ok(engine.generate_until(&prompts)?))?;
+    let generated: usize = generations.iter().map(|g| g.ids.len()).sum();
+    eprintln!(
+        "{:32} {:>8.1} generated tok/s ({generated} tokens, {seconds:.2} s)",
+        "greedy generation",
+        generated as f64 / seconds
+    );
+    let mut r = report("greedy generation", engine.stats(), seconds);
+    r["tokens_generated"] = json!(generated);
+    r["generated_tokens_per_second"] = json!(generated as f64 / seconds);
+    runs.push(r);
+
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "model": args.model.model.display().to_string(),
+            "dtype": format!("{:?}", args.model.dtype),
+            "batch_size": base.batch_size,
+            "threads": rayon::current_num_threads(),
+            "runs": runs,
+        }))?
+    );
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Scoring a benchmark plugin's task with a model: the loop behind `harness score`.
+//!
+//! The plugin builds requests; the engine answers them (batched across items, so shared prefixes
+//! are computed once); code benchmarks' programs go to a [`ProgramRunner`]; the plugin scores;
+//! finished items are saved chunk by chunk so that a killed run resumes.
+
+pub mod plugins;
+pub mod report;
+pub mod store;
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use dtm_plugin_api::host::Task;
+use dtm_plugin_api::{Item, ItemScore, Outcome, Request, Response};
+
+use crate::engine::{Engine, GenerateRequest, LoglikelihoodRequest, Stats};
+use store::{RunStore, Sample};
+
+/// Runs model-written programs (the sandbox); absent, code benchmarks report "unavailable".
+pub trait ProgramRunner: Sync {
+    fn run(&self, programs: &[String], timeout_s: Option<f64>) -> Vec<Outcome>;
+}
+
+/// One task to score: the loaded plugin task and the items selected from it.
+pub struct TaskJob<'a> {
+    pub task: &'a Task,
+    /// `gsm8k`, or `mmlu:anatomy` when one subtask was asked for.
+    pub name: &'a str,
+    pub items: &'a [Item],
+    /// A code benchmark: its programs are run and the outcomes scored.
+    pub code: bool,
+    /// Per-program time limit the plugin asks for.
+    pub timeout_s: Option<f64>,
+}
+
+/// What a finished task reports.
+pub struct TaskRun {
+    pub samples: Vec<Sample>,
+    pub wall_seconds: f64,
+    pub stats: Stats,
+    /// Items computed now (the rest came from an earlier, interrupted run).
+    pub computed: usize,
+}
+
+/// Progress of one task, told to whoever displays it.
+pub trait Progress {
+    fn start(&self, task: &str, total: usize, already_done: usize);
+    fn advance(&self, n: usize);
+    fn finish(&self);
+}
+
+/// Scores `items` (already filtered) of `task`, resuming from `store`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_task(
+    engine: &mut Engine,
+    job: &TaskJob,
+    runner: Option<&dyn ProgramRunner>,
+    store: &RunStore,
+    chunk_size: usize,
+    progress: &dyn Progress,
+) -> Result<TaskRun> {
+    let (task_name, items) = (job.name, job.items);
+    let start = Instant::now();
+    let before = engine.stats().clone();
+    let mut done = store.finished(task_name)?;
+    done.retain(|id, _| items.iter().any(|i| i.doc_id == *id));
+    let todo: Vec<&Item> = items
+        .iter()
+        .filter(|i| !done.contains_key(&i.doc_id))
+        .collect();
+    progress.start(task_name, items.len(), done.len());
+    for chunk in todo.chunks(chunk_size.max(1)) {
+        let responses = answer(engine, chunk)?;
+        let mut samples = Vec::with_capacity(chunk.len());
+        for (item, responses) in chunk.iter().zip(responses) {
+            samples.push(score_item(job, item, responses, runner)?);
+        }
+        store.save(task_name, &samples)?;
+        for s in samples {
+            done.insert(s.doc_id, s);
+        }
+        progress.advance(chunk.len());
+    }
+    progress.finish();
+    let mut stats = engine.stats().clone();
+    stats.requested -= before.requested;
+    stats.forwarded -= before.forwarded;
+    stats.padding -= before.padding;
+    Ok(TaskRun {
+        samples: done.into_values().collect(),
+        wall_seconds: start.elapsed().as_secs_f64(),
+        stats,
+        computed: todo.len(),
+    })
+}
+
+/// Answers every request of a chunk of items, one engine call per request type.
+fn answer(engine: &mut Engine, items: &[&Item]) -> Result<Vec<Vec<Response>>> {
+    let mut loglik = Vec::new();
+    let mut generate = Vec::new();
+    let mut rolling = Vec::new();
+    for item in items {
+        for request in &item.requests {
+            match request {
+                Request::Loglikelihood {
+                    context,
+                    continuation,
+                } => loglik.push(LoglikelihoodRequest {
+                    context: context.clone(),
+                    continuation: continuation.clone(),
+                }),
+                Request::GenerateUntil {
+                    context,
+                    until,
+                    max_new_tokens,
+                } => generate.push(GenerateRequest {
+                    context: context.clone(),
+                    until: until.clone(),
+                    max_new_tokens: *max_new_tokens,
+                }),
+                Request::LoglikelihoodRolling { text } => rolling.push(text.clone()),
+            }
+        }
+    }
+    let mut loglik = engine.loglikelihood(&loglik)?.into_iter();
+    let mut generate = engine.generate_until(&generate)?.into_iter();
+    let mut rolling = engine.loglikelihood_rolling(&rolling)?.into_iter();
+    Ok(items
+        .iter()
+        .map(|item| {
+            item.requests
+                .iter()
+                .map(|r| match r {
+                    Request::Loglikelihood { .. } => {
+                        let r = loglik.next().expect("one answer per request");
+                        Response::Loglikelihood {
+                            logprob: r.logprob,
+                            is_greedy: r.is_greedy,
+                        }
+                    }
+                    Request::GenerateUntil { .. } => {
+                        Response::Text(generate.next().expect("one answer per request").text)
+                    }
+                    Request::LoglikelihoodRolling { .. } => Response::Rolling {
+                        logprob: rolling.next().expect("one answer per request").logprob,
+                    },
+                })
+                .collect()
+        })
+        .collect())
+}
+
+fn score_item(
+    job: &TaskJob,
+    item: &Item,
+    responses: Vec<Response>,
+    runner: Option<&dyn ProgramRunner>,
+) -> Result<Sample> {
+    let (task, task_name) = (job.task, job.name);
+    let programs = if job.code {
+        task.programs(item.doc_id, &responses)
+            .with_context(|| format!("{task_name}: doc {}: programs", item.doc_id))?
+    } else {
+        Vec::new()
+    };
+    let outcomes = match (programs.is_empty(), runner) {
+        (true, _) => Vec::new(),
+        (false, Some(runner)) => runner.run(&programs, job.timeout_s),
+        (false, None) => vec![Outcome::Unavailable; programs.len()],
+    };
+    let ItemScore {
+        doc_id,
+        subtask,
+        metrics,
+        extracted,
+        gold,
+        groups,
+    } = task
+        .score(item.doc_id, &responses, &outcomes)
+        .with_context(|| format!("{task_name}: doc {}: scoring", item.doc_id))?;
+    Ok(Sample {
+        task: task_name.to_owned(),
+        doc_id,
+        subtask,
+        requests: item.requests.iter().map(request_json).collect(),
+        responses: responses.iter().map(response_json).collect(),
+        programs,
+        outcomes,
+        extracted,
+        gold,
+        metrics,
+        groups,
+    })
+}
+
+fn request_json(r: &Request) -> serde_json::Value {
+    match r {
+        Request::Loglikelihood {
+            context,
+            continuation,
+        } => json!({"context": context, "continuation": continuation}),
+        Request::GenerateUntil {
+            context,
+            until,
+            max_new_tokens,
+        } => json!({"context": context, "until": until, "max_new_tokens": max_new_tokens}),
+        Request::LoglikelihoodRolling { text } => json!({"text": text}),
+    }
+}
+
+fn response_json(r: &Response) -> serde_json::Value {
+    match r {
+        Response::Loglikelihood { logprob, is_greedy } => {
+            json!({"logprob": logprob, "is_greedy": is_greedy})
+        }
+        Response::Text(t) => json!(t),
+        Response::Rolling { logprob } => json!({"logprob": logprob}),
+    }
+}

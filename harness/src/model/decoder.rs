@@ -1,0 +1,494 @@
+//! The one decoder-only transformer behind every supported architecture.
+//!
+//! Reads top-down: norms and rotary embeddings, attention, MLP, block, model. Architecture
+//! differences come from [`ModelConfig`] settings. Norms and rotary embeddings use plain tensor
+//! ops (candle's fused versions record no backward pass, and the trainer reuses this code);
+//! softmax is fused only when [`Kernels::Fused`] says the caller does not need gradients.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use super::config::{Activation, ModelConfig, NormStyle, RopeSpec};
+use super::kv_cache::KvCache;
+
+type Result<T> = candle_core::Result<T>;
+
+/// Which implementation of the softmax the attention uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// candle's fused softmax: fastest, no backward pass.
+    Fused,
+    /// Differentiable tensor ops, for training.
+    Differentiable,
+}
+
+/// Additive mask value: finite, so that a query that sees nothing (a padding row) stays finite.
+const MASKED: f32 = -1e30;
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+    style: NormStyle,
+}
+
+impl RmsNorm {
+    fn load(vb: VarBuilder, size: usize, eps: f64, style: NormStyle) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            eps,
+            style,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x32 = x.to_dtype(DType::F32)?;
+        let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+            .sqrt()?
+            .recip()?;
+        let normed = x32.broadcast_mul(&inv_rms)?;
+        match self.style {
+            // transformers casts back before the weight for Llama-style norms ...
+            NormStyle::Scale => normed.to_dtype(dtype)?.broadcast_mul(&self.weight),
+            // ... and after it for Gemma's (1 + w).
+            NormStyle::OnePlusScale => {
+                let w = (self.weight.to_dtype(DType::F32)? + 1.0)?;
+                normed.broadcast_mul(&w)?.to_dtype(dtype)
+            }
+        }
+    }
+}
+
+/// cos/sin of every (row, position) for one rope setting, shaped `[batch, 1, seq, head_dim]`.
+struct RotaryAngles {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RotaryAngles {
+    fn new(spec: &RopeSpec, head_dim: usize, positions: &Tensor, dtype: DType) -> Result<Self> {
+        let (b, t) = positions.dims2()?;
+        let inv_freq: Vec<f32> = spec
+            .inv_freq(head_dim)
+            .into_iter()
+            .map(|f| f as f32)
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), positions.device())?;
+        let pos = positions.to_dtype(DType::F32)?.reshape((b * t, 1))?;
+        let freqs = pos.broadcast_mul(&inv_freq)?;
+        let emb = Tensor::cat(&[&freqs, &freqs], 1)?.reshape((b, 1, t, head_dim))?;
+        Ok(Self {
+            cos: emb.cos()?.to_dtype(dtype)?,
+            sin: emb.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    /// `x·cos + rotate_half(x)·sin` on `[batch, heads, seq, head_dim]` (transformers' convention).
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let half = x.dim(D::Minus1)? / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        x.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?
+    }
+}
+
+/// Everything one forward call shares across layers.
+struct ForwardContext<'a> {
+    /// One mask per distinct sliding window (None = full attention), `[batch, 1, 1, q, k]`.
+    masks: Vec<(Option<usize>, Tensor)>,
+    angles: Vec<(&'a RopeSpec, RotaryAngles)>,
+    kernels: Kernels,
+}
+
+impl ForwardContext<'_> {
+    fn mask(&self, window: Option<usize>) -> &Tensor {
+        &self
+            .masks
+            .iter()
+            .find(|(w, _)| *w == window)
+            .expect("mask built for every window")
+            .1
+    }
+
+    fn angles(&self, spec: &RopeSpec) -> &RotaryAngles {
+        &self
+            .angles
+            .iter()
+            .find(|(s, _)| *s == spec)
+            .expect("angles built for every rope")
+            .1
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let (h, kv, hd, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.hidden_size,
+        );
+        let norm = |name: &str| RmsNorm::load(vb.pp(name), hd, cfg.rms_norm_eps, cfg.norm_style);
+        Ok(Self {
+            q_proj: candle_nn::linear_b(d, h * hd, cfg.qkv_bias, vb.pp("q_proj"))?,
+            k_proj: candle_nn::linear_b(d, kv * hd, cfg.qkv_bias, vb.pp("k_proj"))?,
+            v_proj: candle_nn::linear_b(d, kv * hd, cfg.qkv_bias, vb.pp("v_proj"))?,
+            o_proj: candle_nn::linear_b(h * hd, d, false, vb.pp("o_proj"))?,
+            q_norm: cfg.qk_norm.then(|| norm("q_norm")).transpose()?,
+            k_norm: cfg.qk_norm.then(|| norm("k_norm")).transpose()?,
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: hd,
+            scale: cfg.attention_scale,
+            softcap: cfg.attn_logit_softcapping,
+        })
+    }
+
+    fn heads(&self, x: &Tensor, proj: &Linear, n: usize, norm: Option<&RmsNorm>) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let y = proj.forward(x)?.reshape((b, t, n, self.head_dim))?;
+        let y = match norm {
+            Some(norm) => norm.forward(&y)?,
+            None => y,
+        };
+        y.transpose(1, 2)?.contiguous()
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        spec: &super::config::LayerSpec,
+        ctx: &ForwardContext,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let angles = ctx.angles(&spec.rope);
+        let q =
+            angles.apply(&self.heads(x, &self.q_proj, self.num_heads, self.q_norm.as_ref())?)?;
+        let k = angles.apply(&self.heads(
+            x,
+            &self.k_proj,
+            self.num_kv_heads,
+            self.k_norm.as_ref(),
+        )?)?;
+        let v = self.heads(x, &self.v_proj, self.num_kv_heads, None)?;
+        let (k, v) = cache.append(layer, k, v)?;
+        let s = k.dim(2)?;
+        // Grouped-query attention without copying keys: the query heads that share one kv head
+        // are stacked along the sequence axis.
+        let rep = self.num_heads / self.num_kv_heads;
+        let q = q.reshape((b, self.num_kv_heads, rep * t, self.head_dim))?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?.to_dtype(DType::F32)?;
+        let scores = match self.softcap {
+            Some(cap) => ((scores / cap)?.tanh()? * cap)?,
+            None => scores,
+        };
+        let scores = scores
+            .reshape((b, self.num_kv_heads, rep, t, s))?
+            .broadcast_add(ctx.mask(spec.sliding_window))?;
+        let probs = match ctx.kernels {
+            Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
+            Kernels::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let probs = probs
+            .to_dtype(v.dtype())?
+            .reshape((b, self.num_kv_heads, rep * t, s))?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, self.num_heads, t, self.head_dim))?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, t, self.num_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: candle_nn::linear_no_bias(d, i, vb.pp("gate_proj"))?,
+            up_proj: candle_nn::linear_no_bias(d, i, vb.pp("up_proj"))?,
+            down_proj: candle_nn::linear_no_bias(i, d, vb.pp("down_proj"))?,
+            activation: cfg.activation,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?;
+        let gate = match self.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn: Attention,
+    mlp: Mlp,
+    input_norm: RmsNorm,
+    /// Llama: the norm before the MLP. Gemma 3: the norm after attention.
+    post_attention_norm: RmsNorm,
+    /// Gemma 3 only: before and after the MLP.
+    feedforward_norms: Option<(RmsNorm, RmsNorm)>,
+}
+
+impl Block {
+    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let norm = |name: &str| {
+            RmsNorm::load(
+                vb.pp(name),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                cfg.norm_style,
+            )
+        };
+        Ok(Self {
+            attn: Attention::load(vb.pp("self_attn"), cfg)?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            input_norm: norm("input_layernorm")?,
+            post_attention_norm: norm("post_attention_layernorm")?,
+            feedforward_norms: if cfg.sandwich_norms {
+                Some((
+                    norm("pre_feedforward_layernorm")?,
+                    norm("post_feedforward_layernorm")?,
+                ))
+            } else {
+                None
+            },
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        spec: &super::config::LayerSpec,
+        ctx: &ForwardContext,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let attn = self
+            .attn
+            .forward(&self.input_norm.forward(x)?, layer, spec, ctx, cache)?;
+        match &self.feedforward_norms {
+            None => {
+                let x = (x + attn)?;
+                let mlp = self.mlp.forward(&self.post_attention_norm.forward(&x)?)?;
+                x + mlp
+            }
+            Some((pre, post)) => {
+                let x = (x + self.post_attention_norm.forward(&attn)?)?;
+                let mlp = self.mlp.forward(&pre.forward(&x)?)?;
+                x + post.forward(&mlp)?
+            }
+        }
+    }
+}
+
+/// A decoder-only language model: token ids in, hidden states out; the output head is applied
+/// separately, at the positions a caller asks for.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    cfg: ModelConfig,
+    embed_tokens: Tensor,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    kernels: Kernels,
+}
+
+/// One batch of new tokens: every row has the same number of slots; `valid[b][t] == false` marks
+/// padding, which is never attended to.
+pub struct Batch<'a> {
+    pub tokens: &'a [Vec<u32>],
+    pub positions: &'a [Vec<i64>],
+    pub valid: &'a [Vec<bool>],
+}
+
+impl Decoder {
+    /// Loads from a `VarBuilder` whose names follow transformers' (`model.layers.N.…`).
+    pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let embed_tokens = vb
+            .pp("model.embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let blocks = (0..cfg.num_layers())
+            .map(|i| Block::load(vb.pp(format!("model.layers.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(
+            vb.pp("model.norm"),
+            cfg.hidden_size,
+            cfg.rms_norm_eps,
+            cfg.norm_style,
+        )?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            vb.pp("lm_head")
+                .get((cfg.vocab_size, cfg.hidden_size), "weight")?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            blocks,
+            norm,
+            lm_head,
+            kernels: Kernels::Fused,
+        })
+    }
+
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache::new(self.cfg.num_layers(), batch)
+    }
+
+    /// Runs new tokens through the model, extending `cache`; returns final hidden states
+    /// `[batch, seq, hidden]` (after the last norm).
+    pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        let b = batch.tokens.len();
+        let t = batch.tokens.first().map_or(0, Vec::len);
+        assert_eq!(
+            cache.batch(),
+            b,
+            "cache and batch disagree on the number of rows"
+        );
+        let device = self.device().clone();
+        for (row, (pos, ok)) in batch.positions.iter().zip(batch.valid).enumerate() {
+            cache.positions[row].extend_from_slice(pos);
+            cache.valid[row].extend_from_slice(ok);
+        }
+        let mut windows: Vec<Option<usize>> =
+            self.cfg.layers.iter().map(|l| l.sliding_window).collect();
+        windows.dedup();
+        windows.sort();
+        windows.dedup();
+        let masks = windows
+            .iter()
+            .map(|&w| {
+                Ok((
+                    w,
+                    attention_mask(batch.positions, &cache.positions, &cache.valid, w, &device)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let positions = Tensor::from_vec(batch.positions.concat(), (b, t), &device)?;
+        let mut specs: Vec<&RopeSpec> = Vec::new();
+        for l in &self.cfg.layers {
+            if !specs.contains(&&l.rope) {
+                specs.push(&l.rope);
+            }
+        }
+        let angles = specs
+            .into_iter()
+            .map(|s| {
+                Ok((
+                    s,
+                    RotaryAngles::new(s, self.cfg.head_dim, &positions, self.dtype())?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ctx = ForwardContext {
+            masks,
+            angles,
+            kernels: self.kernels,
+        };
+
+        let ids = Tensor::from_vec(batch.tokens.concat(), b * t, &device)?;
+        let mut x =
+            self.embed_tokens
+                .index_select(&ids, 0)?
+                .reshape((b, t, self.cfg.hidden_size))?;
+        if let Some(m) = self.cfg.embedding_multiplier {
+            // transformers rounds the multiplier to the activation dtype first.
+            let m = Tensor::new(m as f32, &device)?.to_dtype(x.dtype())?;
+            x = x.broadcast_mul(&m)?;
+        }
+        for (i, (block, spec)) in self.blocks.iter().zip(&self.cfg.layers).enumerate() {
+            x = block.forward(&x, i, spec, &ctx, cache)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Float32 logits `[n, vocab]` for the given `(row, position)` pairs of a `forward` output.
+    pub fn logits_at(&self, hidden: &Tensor, at: &[(usize, usize)]) -> Result<Tensor> {
+        let (_, t, d) = hidden.dims3()?;
+        let idx: Vec<u32> = at.iter().map(|&(b, p)| (b * t + p) as u32).collect();
+        let idx = Tensor::from_vec(idx, at.len(), hidden.device())?;
+        let h = hidden.reshape(((), d))?.index_select(&idx, 0)?;
+        let logits = h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        match self.cfg.final_logit_softcapping {
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
+        }
+    }
+}
+
+/// `[batch, 1, 1, q, k]` additive mask: query i sees key j when j is real, `pos_j <= pos_i`, and
+/// (with a window W) `pos_i - W < pos_j`.
+fn attention_mask(
+    query_pos: &[Vec<i64>],
+    key_pos: &[Vec<i64>],
+    key_valid: &[Vec<bool>],
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    let b = query_pos.len();
+    let t = query_pos.first().map_or(0, Vec::len);
+    let s = key_pos.first().map_or(0, Vec::len);
+    let mut mask = vec![MASKED; b * t * s];
+    for row in 0..b {
+        for (i, &qp) in query_pos[row].iter().enumerate() {
+            let out = &mut mask[(row * t + i) * s..(row * t + i + 1) * s];
+            for (j, (&kp, &ok)) in key_pos[row].iter().zip(&key_valid[row]).enumerate() {
+                let in_window = window.is_none_or(|w| qp - kp < w as i64);
+                if ok && kp <= qp && in_window {
+                    out[j] = 0.0;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(mask, (b, 1, 1, t, s), device)
+}

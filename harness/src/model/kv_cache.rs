@@ -1,0 +1,124 @@
+//! The state a decoder keeps between calls: per layer the keys and values of every position seen
+//! so far, and per batch row where each cached key sits and whether it is real or padding.
+//!
+//! Positions are explicit per row, so rows of different lengths, padding in the middle (a shared
+//! prefix followed by left-padded suffixes) and prefix sharing all reduce to masks.
+
+use candle_core::{Result, Tensor};
+
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    /// Per layer `(keys, values)`, each `[batch, kv_heads, seq, head_dim]`; `None` before the first call.
+    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    /// `[batch][seq]` absolute position of each cached key.
+    pub(crate) positions: Vec<Vec<i64>>,
+    /// `[batch][seq]` false for padding keys, which no query may see.
+    pub(crate) valid: Vec<Vec<bool>>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize, batch: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            positions: vec![Vec::new(); batch],
+            valid: vec![Vec::new(); batch],
+        }
+    }
+
+    pub fn batch(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Number of cached key slots per row (padding included).
+    pub fn len(&self) -> usize {
+        self.positions.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next position of each row: one past its last real key.
+    pub fn next_positions(&self) -> Vec<i64> {
+        self.positions
+            .iter()
+            .zip(&self.valid)
+            .map(|(p, v)| {
+                p.iter()
+                    .zip(v)
+                    .filter(|(_, &ok)| ok)
+                    .map(|(&p, _)| p + 1)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Repeats a one-row cache `batch` times, so that a shared prefix is computed once.
+    pub fn repeat_row(&self, batch: usize) -> Result<Self> {
+        assert_eq!(self.batch(), 1, "only a one-row cache can be repeated");
+        let layers = self
+            .layers
+            .iter()
+            .map(|kv| {
+                kv.as_ref()
+                    .map(|(k, v)| -> Result<(Tensor, Tensor)> {
+                        Ok((k.repeat((batch, 1, 1, 1))?, v.repeat((batch, 1, 1, 1))?))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            positions: vec![self.positions[0].clone(); batch],
+            valid: vec![self.valid[0].clone(); batch],
+        })
+    }
+
+    /// Keeps only the given rows (finished generations leave the batch).
+    pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        let device = self
+            .layers
+            .iter()
+            .flatten()
+            .next()
+            .map(|(k, _)| k.device().clone());
+        let layers = match device {
+            None => self.layers.clone(),
+            Some(device) => {
+                let idx = Tensor::from_vec(
+                    rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                    rows.len(),
+                    &device,
+                )?;
+                self.layers
+                    .iter()
+                    .map(|kv| {
+                        kv.as_ref()
+                            .map(|(k, v)| Ok((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?)))
+                            .transpose()
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+        };
+        Ok(Self {
+            layers,
+            positions: rows.iter().map(|&r| self.positions[r].clone()).collect(),
+            valid: rows.iter().map(|&r| self.valid[r].clone()).collect(),
+        })
+    }
+
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor,
+        v: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let kv = match self.layers[layer].take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+        };
+        self.layers[layer] = Some(kv.clone());
+        Ok(kv)
+    }
+}

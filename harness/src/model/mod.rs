@@ -1,0 +1,9 @@
+//! The model: an architecture-neutral config, the shared decoder and its KV cache.
+
+pub mod config;
+pub mod decoder;
+pub mod kv_cache;
+
+pub use config::{Architecture, ModelConfig};
+pub use decoder::{Batch, Decoder, Kernels};
+pub use kv_cache::KvCache;

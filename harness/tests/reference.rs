@@ -1,0 +1,267 @@
+//! The runtime against Hugging Face transformers (float32 references in `shared/fixtures`), with
+//! the tolerances its README sets.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use serde_json::Value;
+
+use dtm_harness::checkpoint::{self, LoadedModel};
+use dtm_harness::engine::tokenize::encode_pair;
+use dtm_harness::engine::{Engine, EngineOptions, GenerateRequest, LoglikelihoodRequest};
+
+struct Tolerance {
+    logit: f64,
+    loglik_sum: f64,
+}
+
+const TINY: Tolerance = Tolerance {
+    logit: 1e-4,
+    loglik_sum: 5e-4,
+};
+const SMOLLM2: Tolerance = Tolerance {
+    logit: 1e-3,
+    loglik_sum: 3e-3,
+};
+
+fn load(path: &Path) -> LoadedModel {
+    checkpoint::load(path, DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// Per-position log-probabilities and top-5 of every prompt.
+fn check_forward(model: &LoadedModel, reference: &Value, tol: &Tolerance) {
+    let mut engine = Engine::new(model, EngineOptions::default());
+    for prompt in reference["prompts"].as_array().unwrap() {
+        let kind = prompt["kind"].as_str().unwrap();
+        let report = engine.inspect(prompt["text"].as_str().unwrap(), 5).unwrap();
+        assert_eq!(report.ids, ids(&prompt["input_ids"]), "{kind}: input ids");
+        let lse = floats(&prompt["logsumexp"]);
+        for (i, want) in floats(&prompt["target_logprobs"]).iter().enumerate() {
+            let got = report.tokens[i + 1].logprob.unwrap();
+            assert!(
+                (got - want).abs() <= tol.logit,
+                "{kind}: target logprob at {i}: {got} vs {want}"
+            );
+        }
+        for (i, top) in prompt["top5"].as_array().unwrap().iter().enumerate() {
+            let want: Vec<(u32, f64)> = top
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p[0].as_u64().unwrap() as u32,
+                        p[1].as_f64().unwrap() - lse[i],
+                    )
+                })
+                .collect();
+            let got = &report.tokens[i].top5;
+            for (k, (&(gid, glp), &(wid, wlp))) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (glp - wlp).abs() <= tol.logit,
+                    "{kind}: top5[{i}][{k}] logprob {glp} vs {wlp}"
+                );
+                if gid != wid {
+                    // Two candidates closer than the tolerance may swap.
+                    let swapped = want
+                        .iter()
+                        .any(|&(id, lp)| id == gid && (lp - wlp).abs() <= tol.logit);
+                    assert!(swapped, "{kind}: top5[{i}][{k}] id {gid} vs {wid}");
+                }
+            }
+        }
+    }
+}
+
+/// Greedy ids equal step by step; at a step whose reference top-1/top-2 margin is below the
+/// tolerance the tokens may differ, and comparison ends there if they do. A generator that stops
+/// at EOS is compared up to the first EOS.
+fn check_greedy(model: &LoadedModel, reference: &Value, tol: &Tolerance) {
+    let prompts = reference["prompts"].as_array().unwrap();
+    let requests: Vec<GenerateRequest> = prompts
+        .iter()
+        .map(|p| GenerateRequest {
+            context: p["text"].as_str().unwrap().into(),
+            until: Vec::new(),
+            max_new_tokens: 24,
+        })
+        .collect();
+    for batch_size in [1, 6] {
+        let mut engine = Engine::new(
+            model,
+            EngineOptions {
+                batch_size,
+                ..EngineOptions::default()
+            },
+        );
+        let generations = engine.generate_until(&requests).unwrap();
+        for (p, g) in prompts.iter().zip(&generations) {
+            let kind = p["kind"].as_str().unwrap();
+            let want = ids(&p["greedy"]["ids"]);
+            let margins = floats(&p["greedy"]["top1_minus_top2_logit"]);
+            let stop = p["greedy"]["first_eos_index"]
+                .as_u64()
+                .map_or(want.len(), |i| i as usize + 1);
+            for step in 0..stop {
+                if margins[step] < tol.logit && g.ids.get(step) != Some(&want[step]) {
+                    break; // a near-tie: float32 may pick the other token, and nothing after compares
+                }
+                assert_eq!(
+                    g.ids.get(step),
+                    Some(&want[step]),
+                    "{kind}: greedy step {step} (batch {batch_size}): {:?} vs {:?}",
+                    g.ids,
+                    want
+                );
+            }
+        }
+    }
+}
+
+fn check_loglikelihood(model: &LoadedModel, reference: &Value, tol: &Tolerance) {
+    let pairs = reference["loglikelihood"].as_array().unwrap();
+    let requests: Vec<LoglikelihoodRequest> = pairs
+        .iter()
+        .map(|p| LoglikelihoodRequest {
+            context: p["context"].as_str().unwrap().into(),
+            continuation: p["continuation"].as_str().unwrap().into(),
+        })
+        .collect();
+    let mut baseline: Option<Vec<f64>> = None;
+    for (batch_size, prefix_cache_entries) in [(1, 0), (13, 8), (4, 8)] {
+        let mut engine = Engine::new(
+            model,
+            EngineOptions {
+                batch_size,
+                prefix_cache_entries,
+                ..EngineOptions::default()
+            },
+        );
+        let results = engine.loglikelihood(&requests).unwrap();
+        for (p, r) in pairs.iter().zip(&results) {
+            let name = p["name"].as_str().unwrap();
+            let pair = encode_pair(
+                &model.tokenizer,
+                p["context"].as_str().unwrap(),
+                p["continuation"].as_str().unwrap(),
+            )
+            .unwrap();
+            assert_eq!(pair.context, ids(&p["context_ids"]), "{name}: context ids");
+            assert_eq!(
+                r.continuation_ids,
+                ids(&p["continuation_ids"]),
+                "{name}: continuation ids"
+            );
+            let want = p["logprob"].as_f64().unwrap();
+            assert!(
+                (r.logprob - want).abs() <= tol.loglik_sum,
+                "{name}: logprob {} vs {want}",
+                r.logprob
+            );
+            for (k, (g, w)) in r
+                .token_logprobs
+                .iter()
+                .zip(floats(&p["token_logprobs"]))
+                .enumerate()
+            {
+                assert!(
+                    (g - w).abs() <= tol.logit,
+                    "{name}: token {k} logprob {g} vs {w}"
+                );
+            }
+            assert_eq!(
+                r.is_greedy,
+                p["is_greedy"].as_bool().unwrap(),
+                "{name}: is_greedy"
+            );
+        }
+        // Batch composition and prefix reuse change nothing beyond float noise.
+        let sums: Vec<f64> = results.iter().map(|r| r.logprob).collect();
+        match &baseline {
+            None => baseline = Some(sums),
+            Some(b) => {
+                for (x, y) in b.iter().zip(&sums) {
+                    assert!((x - y).abs() <= 1e-4, "batch {batch_size}: {x} vs {y}");
+                }
+            }
+        }
+    }
+}
+
+fn check_all(model_path: &Path, fixture: &str, tol: &Tolerance) {
+    let model = load(model_path);
+    let reference = common::reference(fixture);
+    check_forward(&model, &reference, tol);
+    check_greedy(&model, &reference, tol);
+    check_loglikelihood(&model, &reference, tol);
+}
+
+#[test]
+fn tiny_llama_matches_transformers() {
+    check_all(&common::tiny_model("llama"), "tiny-llama", &TINY);
+}
+
+#[test]
+fn tiny_qwen2_matches_transformers() {
+    check_all(&common::tiny_model("qwen2"), "tiny-qwen2", &TINY);
+}
+
+#[test]
+fn tiny_gemma3_matches_transformers() {
+    check_all(&common::tiny_model("gemma3"), "tiny-gemma3", &TINY);
+}
+
+#[test]
+fn smollm2_gguf_matches_transformers() {
+    check_all(&common::smollm2_gguf(), "smollm2-135m", &SMOLLM2);
+}
+
+/// The GGUF's own tokenizer metadata encodes exactly as the tokenizer.json converted from it.
+#[test]
+fn gguf_tokenizer_encodes_like_tokenizer_json() {
+    let model = load(&common::smollm2_gguf());
+    let json = common::tiny_model("llama").join("tokenizer.json");
+    let reference: tokenizers::Tokenizer = std::fs::read_to_string(json).unwrap().parse().unwrap();
+    let mut texts: Vec<String> = common::reference("smollm2-135m")["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap().to_owned())
+        .collect();
+    texts.extend(
+        [
+            "<|im_start|>user\nHi<|im_end|>",
+            "  leading spaces\t\ttabs\n\n\nnewlines",
+            "1234567.89 $1,000",
+            "naïve café — 東京 🚀",
+            "def f(x):\n    return x**2",
+        ]
+        .map(String::from),
+    );
+    for t in texts {
+        let want = reference
+            .encode(t.as_str(), false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        assert_eq!(model.tokenizer.encode(&t).unwrap(), want, "{t:?}");
+    }
+}
