@@ -2,6 +2,7 @@
 
 mod bench;
 mod debug;
+mod exec;
 mod score;
 
 use std::path::PathBuf;
@@ -35,6 +36,8 @@ enum Command {
     Score(score::ScoreArgs),
     /// List the benchmark plugins found, with version, item count on the data present, and metrics.
     List(score::ListArgs),
+    /// Run a Python file in the sandbox and print the outcome as JSON.
+    Exec(exec::ExecArgs),
 }
 
 /// How to load and run a model; shared by every command that needs one.
@@ -82,5 +85,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Score(a) => score::score(a),
         Command::List(a) => score::list(a),
+        Command::Exec(a) => exec::run(a),
     }
 }

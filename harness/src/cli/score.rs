@@ -13,7 +13,7 @@ use dtm_harness::checkpoint;
 use dtm_harness::engine::Engine;
 use dtm_harness::evaluate::report::{self, TaskReport};
 use dtm_harness::evaluate::store::RunStore;
-use dtm_harness::evaluate::{plugins, run_task, Progress, TaskJob};
+use dtm_harness::evaluate::{plugins, run_task, ProgramRunner, Progress, SandboxRunner, TaskJob};
 use dtm_plugin_api::host::Plugin;
 use dtm_plugin_api::{LoadOptions, OutputType};
 
@@ -124,6 +124,18 @@ pub struct ScoreArgs {
     /// Items answered per engine call (and saved per chunk).
     #[arg(long, default_value_t = 64)]
     chunk_size: usize,
+    /// Programs run at once in the sandbox (code benchmarks); 0 = one per CPU.
+    #[arg(long, default_value_t = 0)]
+    jobs: usize,
+    /// Memory cap per program in the sandbox, MiB.
+    #[arg(long, default_value_t = 512)]
+    memory_mb: usize,
+    /// Per-program time limit in seconds, instead of the benchmark's (PROTOCOL: 3 s).
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Do not execute programs: code benchmarks then report pass@1 as unavailable.
+    #[arg(long)]
+    no_exec: bool,
 }
 
 struct Bar(ProgressBar);
@@ -218,6 +230,9 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         "max_new_tokens": args.max_new_tokens,
         "options": options,
         "seed": args.seed,
+        "execute_programs": !args.no_exec,
+        "program_timeout": args.timeout,
+        "program_memory_mb": args.memory_mb,
     });
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("{}: cannot create", args.output.display()))?;
@@ -230,6 +245,27 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         .expect("valid template")
         .progress_chars("=> "),
     ));
+
+    let needs_sandbox = !args.no_exec
+        && specs
+            .iter()
+            .any(|(t, _)| by_name(t).is_some_and(|p| p.describe().output_type == OutputType::Code));
+    let runner = if needs_sandbox {
+        let sandbox = dtm_sandbox::Sandbox::new(dtm_sandbox::SandboxConfig::default()).context(
+            "code benchmarks need the sandbox (or pass --no-exec to report pass@1 as unavailable)",
+        )?;
+        let limits = dtm_sandbox::Limits {
+            memory_bytes: args.memory_mb << 20,
+            ..dtm_sandbox::Limits::default()
+        };
+        Some(SandboxRunner {
+            sandbox,
+            limits,
+            jobs: args.jobs,
+        })
+    } else {
+        None
+    };
 
     let mut reports = Vec::new();
     let mut all_samples = Vec::new();
@@ -263,9 +299,10 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             name: &name,
             items: &items,
             code: description.output_type == OutputType::Code,
-            timeout_s: description.program_timeout_s,
+            timeout_s: args.timeout.or(description.program_timeout_s),
         };
-        let run = match run_task(&mut engine, &job, None, &store, args.chunk_size, &bar) {
+        let runner = runner.as_ref().map(|r| r as &dyn ProgramRunner);
+        let run = match run_task(&mut engine, &job, runner, &store, args.chunk_size, &bar) {
             Ok(run) => run,
             Err(e) => {
                 eprintln!("error: {name}: {e:#}");

@@ -183,7 +183,7 @@ impl Engine<'_> {
                 .collect();
             let positions: Vec<Vec<i64>> = next_pos.iter().map(|&p| vec![p]).collect();
             let valid = vec![vec![true]; active.len()];
-            stats.forwarded += active.len();
+            stats.generated += active.len();
             hidden = decoder.forward(
                 &Batch {
                     tokens: &tokens,

@@ -10,12 +10,25 @@ pub struct Stats {
     pub forwarded: usize,
     /// Padding slots run alongside them.
     pub padding: usize,
+    /// Tokens produced by generation, each run through the model once more to extend the cache.
+    pub generated: usize,
 }
 
 impl Stats {
+    /// What was done since `earlier` (counters only grow).
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        Stats {
+            requested: self.requested - earlier.requested,
+            forwarded: self.forwarded - earlier.forwarded,
+            padding: self.padding - earlier.padding,
+            generated: self.generated - earlier.generated,
+        }
+    }
+
     pub fn add(&mut self, other: &Stats) {
         self.requested += other.requested;
         self.forwarded += other.forwarded;
         self.padding += other.padding;
+        self.generated += other.generated;
     }
 }

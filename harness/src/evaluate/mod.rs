@@ -24,6 +24,34 @@ pub trait ProgramRunner: Sync {
     fn run(&self, programs: &[String], timeout_s: Option<f64>) -> Vec<Outcome>;
 }
 
+/// The WebAssembly sandbox as a [`ProgramRunner`], running programs on `jobs` threads.
+pub struct SandboxRunner {
+    pub sandbox: dtm_sandbox::Sandbox,
+    pub limits: dtm_sandbox::Limits,
+    pub jobs: usize,
+}
+
+impl ProgramRunner for SandboxRunner {
+    fn run(&self, programs: &[String], timeout_s: Option<f64>) -> Vec<Outcome> {
+        let mut limits = self.limits.clone();
+        if let Some(t) = timeout_s {
+            limits.timeout = std::time::Duration::from_secs_f64(t);
+        }
+        use dtm_sandbox::Status;
+        self.sandbox
+            .run_many(programs, &limits, self.jobs)
+            .into_iter()
+            .map(|o| match o.status {
+                Status::Passed => Outcome::Passed,
+                Status::Failed => Outcome::Failed,
+                Status::TimedOut => Outcome::TimedOut,
+                Status::MemoryExceeded => Outcome::MemoryExceeded,
+                Status::Crashed => Outcome::Crashed,
+            })
+            .collect()
+    }
+}
+
 /// One task to score: the loaded plugin task and the items selected from it.
 pub struct TaskJob<'a> {
     pub task: &'a Task,
@@ -74,9 +102,24 @@ pub fn run_task(
     progress.start(task_name, items.len(), done.len());
     for chunk in todo.chunks(chunk_size.max(1)) {
         let responses = answer(engine, chunk)?;
+        let programs = chunk
+            .iter()
+            .zip(&responses)
+            .map(|(item, r)| {
+                if job.code {
+                    job.task
+                        .programs(item.doc_id, r)
+                        .with_context(|| format!("{task_name}: doc {}: programs", item.doc_id))
+                } else {
+                    Ok(Vec::new())
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut outcomes = execute(&programs, runner, job.timeout_s).into_iter();
         let mut samples = Vec::with_capacity(chunk.len());
-        for (item, responses) in chunk.iter().zip(responses) {
-            samples.push(score_item(job, item, responses, runner)?);
+        for ((item, responses), programs) in chunk.iter().zip(responses).zip(programs) {
+            let outcomes: Vec<Outcome> = outcomes.by_ref().take(programs.len()).collect();
+            samples.push(score_item(job, item, responses, programs, outcomes)?);
         }
         store.save(task_name, &samples)?;
         for s in samples {
@@ -153,24 +196,28 @@ fn answer(engine: &mut Engine, items: &[&Item]) -> Result<Vec<Vec<Response>>> {
         .collect())
 }
 
+/// Runs every program of a chunk in one go (so the runner can use all its workers).
+fn execute(
+    programs: &[Vec<String>],
+    runner: Option<&dyn ProgramRunner>,
+    timeout_s: Option<f64>,
+) -> Vec<Outcome> {
+    let all: Vec<String> = programs.iter().flatten().cloned().collect();
+    match runner {
+        _ if all.is_empty() => Vec::new(),
+        Some(runner) => runner.run(&all, timeout_s),
+        None => vec![Outcome::Unavailable; all.len()],
+    }
+}
+
 fn score_item(
     job: &TaskJob,
     item: &Item,
     responses: Vec<Response>,
-    runner: Option<&dyn ProgramRunner>,
+    programs: Vec<String>,
+    outcomes: Vec<Outcome>,
 ) -> Result<Sample> {
     let (task, task_name) = (job.task, job.name);
-    let programs = if job.code {
-        task.programs(item.doc_id, &responses)
-            .with_context(|| format!("{task_name}: doc {}: programs", item.doc_id))?
-    } else {
-        Vec::new()
-    };
-    let outcomes = match (programs.is_empty(), runner) {
-        (true, _) => Vec::new(),
-        (false, Some(runner)) => runner.run(&programs, job.timeout_s),
-        (false, None) => vec![Outcome::Unavailable; programs.len()],
-    };
     let ItemScore {
         doc_id,
         subtask,
