@@ -145,7 +145,7 @@ impl Engine<'_> {
         let mut order: Vec<usize> = (0..requests.len()).collect();
         order.sort_by(|&a, &b| requests[a].tokens.cmp(&requests[b].tokens));
         let mut out: Vec<Option<Scored>> = vec![None; requests.len()];
-        for chunk in order.chunks(self.options.batch_size.max(1)) {
+        for chunk in batches(requests, &order, self.options.batch_size.max(1)) {
             let batch: Vec<&ScoreRequest> = chunk.iter().map(|&i| &requests[i]).collect();
             for (&i, scored) in chunk.iter().zip(self.score_batch(&batch)?) {
                 out[i] = Some(scored);
@@ -234,6 +234,35 @@ impl Engine<'_> {
         }
         Ok(out)
     }
+}
+
+/// Cuts the sorted requests into batches. Requests that share their whole context (the choices
+/// of one question) get a batch of their own, so that the context is computed once, as the
+/// batch's common prefix; lone requests fill batches of `size`.
+fn batches(requests: &[ScoreRequest], order: &[usize], size: usize) -> Vec<Vec<usize>> {
+    let context = |i: usize| &requests[i].tokens[..requests[i].tokens.len() - requests[i].scored];
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut singles: Vec<usize> = Vec::new();
+    let mut k = 0;
+    while k < order.len() {
+        let mut end = k + 1;
+        while end < order.len() && context(order[end]) == context(order[k]) {
+            end += 1;
+        }
+        if end - k > 1 {
+            out.extend(order[k..end].chunks(size).map(<[usize]>::to_vec));
+        } else {
+            singles.push(order[k]);
+            if singles.len() == size {
+                out.push(std::mem::take(&mut singles));
+            }
+        }
+        k = end;
+    }
+    if !singles.is_empty() {
+        out.push(singles);
+    }
+    out
 }
 
 /// log softmax of each row at its target, and whether the target is the row's argmax.
