@@ -265,3 +265,20 @@ fn gguf_tokenizer_encodes_like_tokenizer_json() {
         assert_eq!(model.tokenizer.encode(&t).unwrap(), want, "{t:?}");
     }
 }
+
+/// bf16 runs the same model at lower precision: close to the float32 reference, not equal.
+#[test]
+fn tiny_llama_in_bf16_stays_close_to_transformers() {
+    let model = checkpoint::load(&common::tiny_model("llama"), DType::BF16, &Device::Cpu).unwrap();
+    let reference = common::reference("tiny-llama");
+    let mut engine = Engine::new(&model, EngineOptions::default());
+    let mut worst: f64 = 0.0;
+    for prompt in reference["prompts"].as_array().unwrap() {
+        let report = engine.inspect(prompt["text"].as_str().unwrap(), 5).unwrap();
+        for (i, want) in floats(&prompt["target_logprobs"]).iter().enumerate() {
+            worst = worst.max((report.tokens[i + 1].logprob.unwrap() - want).abs());
+        }
+    }
+    assert!(worst > 1e-6, "bf16 should differ from float32 at all (got {worst})");
+    assert!(worst < 0.25, "bf16 log-probs within 0.25 of float32 (worst {worst})");
+}
