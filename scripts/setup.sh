@@ -2,7 +2,7 @@
 # Sets everything up on a fresh machine and runs the main job on a real model:
 #   1. fetches the pinned, hash-checked SmolLM2-135M-Instruct and WASI CPython into ~/.cache/dtm
 #   2. builds the workspace in release (the harness binary and the benchmark plugins)
-#   3. runs a short harness job on SmolLM2
+#   3. runs the main job, briefly: SmolLM2 scored on five items of four benchmarks (runs/demo/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,8 @@ cargo build --workspace --release
 target_dir="${CARGO_TARGET_DIR:-target}"
 model="${DTM_CACHE:-$HOME/.cache/dtm}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-echo "== main job: SmolLM2-135M-Instruct"
-"$target_dir/release/harness" generate --model "$model" --text "The capital of France is" --max-new-tokens 12
-"$target_dir/release/harness" bench --model "$model" --questions 8 --generations 2 --new-tokens 16
+echo "== main job: SmolLM2-135M-Instruct on a few items of four benchmarks"
+"$target_dir/release/harness" list --data-dir ../shared/data
+"$target_dir/release/harness" score --model "$model" --data-dir ../shared/data \
+  --tasks arc_challenge,mmlu:astronomy,gsm8k,humaneval --limit 5 --max-new-tokens 128 --output runs/demo
+cat runs/demo/results.md

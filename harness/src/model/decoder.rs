@@ -402,7 +402,6 @@ impl Decoder {
         }
         let mut windows: Vec<Option<usize>> =
             self.cfg.layers.iter().map(|l| l.sliding_window).collect();
-        windows.dedup();
         windows.sort();
         windows.dedup();
         let masks = windows
