@@ -173,3 +173,53 @@ fn logprobs_cli_prints_the_documented_json() {
     assert!(tokens[1]["logprob"].as_f64().unwrap() < 0.0);
     assert_eq!(tokens[0]["top5"].as_array().unwrap().len(), 5);
 }
+
+#[test]
+fn loglikelihood_and_generate_clis_print_json_lines() {
+    let model = common::tiny_model("llama");
+    let dir = tempfile::tempdir().unwrap();
+    let requests = dir.path().join("requests.jsonl");
+    std::fs::write(
+        &requests,
+        "{\"context\": \"Question: What is the capital of France?\\nAnswer:\", \"continuation\": \" Paris\"}\n\n{\"context\": \"I can't believe it's un\", \"continuation\": \"believable!\"}\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = harness(&[
+        "loglikelihood",
+        "--model",
+        model.to_str().unwrap(),
+        "--requests",
+        requests.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["continuation_ids"], serde_json::json!([7042]));
+    assert!(lines[0]["logprob"].as_f64().unwrap() < 0.0 && lines[0]["is_greedy"].is_boolean());
+
+    std::fs::write(&requests, "{\"context\": \"x\"}\n").unwrap();
+    let (ok, _, stderr) = harness(&[
+        "loglikelihood",
+        "--model",
+        model.to_str().unwrap(),
+        "--requests",
+        requests.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("requests.jsonl:1:"), "{stderr}");
+
+    let (ok, stdout, stderr) = harness(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        "The capital of France is",
+        "--max-new-tokens",
+        "5",
+    ]);
+    assert!(ok, "{stderr}");
+    let g: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(g["ids"].as_array().unwrap().len() <= 5 && g["text"].is_string());
+}

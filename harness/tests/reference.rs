@@ -279,6 +279,67 @@ fn tiny_llama_in_bf16_stays_close_to_transformers() {
             worst = worst.max((report.tokens[i + 1].logprob.unwrap() - want).abs());
         }
     }
-    assert!(worst > 1e-6, "bf16 should differ from float32 at all (got {worst})");
-    assert!(worst < 0.25, "bf16 log-probs within 0.25 of float32 (worst {worst})");
+    assert!(
+        worst > 1e-6,
+        "bf16 should differ from float32 at all (got {worst})"
+    );
+    assert!(
+        worst < 0.25,
+        "bf16 log-probs within 0.25 of float32 (worst {worst})"
+    );
+}
+
+/// A rolling log-likelihood scores every token given BOS (EOS when there is none) and all before
+/// it, as a loglikelihood with an empty context does; short windows still cover every token once.
+#[test]
+fn rolling_loglikelihood_covers_every_token() {
+    let model = load(&common::tiny_model("llama"));
+    let reference = common::reference("tiny-llama");
+    let prompt = &reference["prompts"].as_array().unwrap()[5];
+    let text = prompt["text"].as_str().unwrap().to_owned();
+    let mut engine = Engine::new(&model, EngineOptions::default());
+    let r = engine
+        .loglikelihood_rolling(std::slice::from_ref(&text))
+        .unwrap()
+        .remove(0);
+    assert_eq!(r.ids, ids(&prompt["input_ids"]));
+    assert_eq!(r.token_logprobs.len(), r.ids.len());
+    let total: f64 = r.token_logprobs.iter().sum();
+    assert!((r.logprob - total).abs() < 1e-9);
+    let same = engine
+        .loglikelihood(&[LoglikelihoodRequest {
+            context: String::new(),
+            continuation: text.clone(),
+        }])
+        .unwrap()
+        .remove(0);
+    for (k, (g, w)) in r
+        .token_logprobs
+        .iter()
+        .zip(&same.token_logprobs)
+        .enumerate()
+    {
+        assert!((g - w).abs() <= TINY.logit, "token {k}: {g} vs {w}");
+    }
+
+    let mut short = Engine::new(
+        &model,
+        EngineOptions {
+            max_length: Some(16),
+            ..EngineOptions::default()
+        },
+    );
+    let windows = short.loglikelihood_rolling(&[text]).unwrap().remove(0);
+    assert_eq!(windows.token_logprobs.len(), r.ids.len());
+    // The first 16 tokens see the same context either way; later ones see less.
+    for k in 0..16 {
+        assert!((windows.token_logprobs[k] - r.token_logprobs[k]).abs() < 1e-4);
+    }
+    let later = (16..r.ids.len())
+        .filter(|&k| (windows.token_logprobs[k] - r.token_logprobs[k]).abs() > 1e-3)
+        .count();
+    assert!(
+        later > 0,
+        "windows of 16 tokens must change later log-probs"
+    );
 }
