@@ -1,77 +1,23 @@
 //! ARC-Challenge (PROTOCOL.md §3): zero-shot, `Question: {stem}\nAnswer:`, log-likelihood of each choice; acc (headline) and acc_norm.
 
-use dtm_bench_common::arc_format::{self, McDoc};
-use dtm_bench_common::{doc, mc, prompt};
-use dtm_plugin_api::*;
-use std::path::Path;
+use dtm_bench_common::arc_format::{ArcFormatSpec, ArcFormatTask, McDoc};
+use dtm_plugin_api::export_plugin;
 
 pub const NAME: &str = "arc_challenge";
 pub const TEST_FILE: &str = "arc/ARC-Challenge/ARC-Challenge-Test.jsonl";
 
-pub struct Arc {
-    docs: Vec<McDoc>,
-}
+pub struct ArcChallenge;
 
-pub fn doc_to_text(d: &McDoc) -> String {
-    format!("Question: {}\nAnswer:", d.stem)
-}
+impl ArcFormatSpec for ArcChallenge {
+    const NAME: &'static str = NAME;
+    const TEST_FILE: &'static str = TEST_FILE;
+    const SUMMARY: &'static str = "ARC-Challenge test, 0-shot, log-likelihood of each choice";
 
-impl Benchmark for Arc {
-    fn describe() -> Description {
-        Description {
-            name: NAME.into(),
-            version: "1".into(),
-            summary: "ARC-Challenge test, 0-shot, log-likelihood of each choice".into(),
-            output_type: OutputType::MultipleChoice,
-            metrics: vec![
-                MetricSpec {
-                    name: "acc".into(),
-                    higher_is_better: true,
-                    help: "gold choice has the highest log-likelihood".into(),
-                },
-                MetricSpec {
-                    name: "acc_norm".into(),
-                    higher_is_better: true,
-                    help: "gold choice has the highest log-likelihood per character".into(),
-                },
-            ],
-            headline_metric: "acc".into(),
-            default_num_fewshot: 0,
-            max_num_fewshot: 0,
-            subtasks: vec![NAME.into()],
-            groups: vec![],
-            options: vec![],
-            program_timeout_s: None,
-        }
-    }
-
-    fn load(data_dir: &Path, _options: &LoadOptions) -> PluginResult<Self> {
-        Ok(Arc {
-            docs: arc_format::read(&data_dir.join(TEST_FILE))?,
-        })
-    }
-
-    fn items(&self) -> Vec<Item> {
-        self.docs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Item {
-                doc_id: i,
-                subtask: NAME.into(),
-                requests: mc::requests(&doc_to_text(d), &d.choices, prompt::TARGET_DELIMITER),
-            })
-            .collect()
-    }
-
-    fn score(
-        &self,
-        doc_id: usize,
-        responses: &[Response],
-        _outcomes: &[Outcome],
-    ) -> PluginResult<ItemScore> {
-        let d = doc(&self.docs, doc_id)?;
-        mc::score_item(doc_id, NAME, responses, &d.choices, &d.labels, d.gold, true)
+    fn doc_to_text(d: &McDoc) -> String {
+        format!("Question: {}\nAnswer:", d.stem)
     }
 }
+
+pub type Arc = ArcFormatTask<ArcChallenge>;
 
 export_plugin!(Arc);

@@ -101,6 +101,22 @@ pub fn score_item(
     Ok(s)
 }
 
+/// The two multiple-choice metrics of PROTOCOL.md §2, as plugins describe them.
+pub fn acc_metrics() -> Vec<dtm_plugin_api::MetricSpec> {
+    vec![
+        dtm_plugin_api::MetricSpec {
+            name: "acc".into(),
+            higher_is_better: true,
+            help: "gold choice has the highest log-likelihood".into(),
+        },
+        dtm_plugin_api::MetricSpec {
+            name: "acc_norm".into(),
+            higher_is_better: true,
+            help: "gold choice has the highest log-likelihood per character".into(),
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
