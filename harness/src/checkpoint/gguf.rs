@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 
 use super::gguf_tokenizer;
 use crate::error::{first_line, LoadError};
-use crate::model::config::{Activation, LayerSpec, NormStyle, RopeScaling, RopeSpec};
+use crate::model::config::{LayerSpec, RopeScaling, RopeSpec};
 use crate::model::{Architecture, ModelConfig};
 use crate::tokenizer::TextTokenizer;
 
@@ -290,6 +290,7 @@ fn config(
         })
         .collect();
     let (bos, eos, _) = gguf_tokenizer::special_ids(meta)?;
+    let fixed = architecture.fixed(hidden_size);
     Ok(ModelConfig {
         architecture,
         vocab_size,
@@ -306,19 +307,11 @@ fn config(
             .map_or(2048, |v| v as usize),
         tie_word_embeddings: !tensors.contains_key("lm_head.weight"),
         qkv_bias: tensors.contains_key("model.layers.0.self_attn.q_proj.bias"),
-        activation: if gemma {
-            Activation::GeluTanh
-        } else {
-            Activation::Silu
-        },
-        norm_style: if gemma {
-            NormStyle::OnePlusScale
-        } else {
-            NormStyle::Scale
-        },
-        qk_norm: gemma,
-        sandwich_norms: gemma,
-        embedding_multiplier: gemma.then(|| (hidden_size as f64).sqrt()),
+        activation: fixed.default_activation,
+        norm_style: fixed.norm_style,
+        qk_norm: fixed.qk_norm,
+        sandwich_norms: fixed.sandwich_norms,
+        embedding_multiplier: fixed.embedding_multiplier,
         attention_scale: (head_dim as f64).powf(-0.5),
         attn_logit_softcapping: meta.opt_f64(&key("attn_logit_softcapping"))?,
         final_logit_softcapping: meta.opt_f64(&key("final_logit_softcapping"))?,

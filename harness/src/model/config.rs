@@ -29,6 +29,26 @@ impl Architecture {
         }
     }
 
+    /// Settings the architecture fixes: no config file states them.
+    pub(crate) fn fixed(self, hidden_size: usize) -> FixedSettings {
+        let gemma = self == Self::Gemma3;
+        FixedSettings {
+            default_activation: if gemma {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            },
+            norm_style: if gemma {
+                NormStyle::OnePlusScale
+            } else {
+                NormStyle::Scale
+            },
+            qk_norm: gemma,
+            sandwich_norms: gemma,
+            embedding_multiplier: gemma.then(|| (hidden_size as f64).sqrt()),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Llama => "llama",
@@ -112,6 +132,15 @@ impl RopeSpec {
             }
         }
     }
+}
+
+/// See [`Architecture::fixed`].
+pub(crate) struct FixedSettings {
+    pub default_activation: Activation,
+    pub norm_style: NormStyle,
+    pub qk_norm: bool,
+    pub sandwich_norms: bool,
+    pub embedding_multiplier: Option<f64>,
 }
 
 /// Per-layer attention settings (Gemma 3 and Mistral mix local and global layers).
@@ -249,15 +278,16 @@ impl HfConfigReader<'_> {
             )));
         }
         let gemma = architecture == Architecture::Gemma3;
-        let activation_name = self
+        let fixed = architecture.fixed(hidden_size);
+        let activation = match self
             .get("hidden_activation")
             .or_else(|| self.get("hidden_act"))
             .and_then(Value::as_str)
-            .unwrap_or(if gemma { "gelu_pytorch_tanh" } else { "silu" });
-        let activation = match activation_name {
-            "silu" | "swish" => Activation::Silu,
-            "gelu_pytorch_tanh" | "gelu_new" => Activation::GeluTanh,
-            other => return Err(self.err(format!("unsupported activation `{other}`"))),
+        {
+            None => fixed.default_activation,
+            Some("silu" | "swish") => Activation::Silu,
+            Some("gelu_pytorch_tanh" | "gelu_new") => Activation::GeluTanh,
+            Some(other) => return Err(self.err(format!("unsupported activation `{other}`"))),
         };
         let layers = self.layer_specs(architecture, num_layers)?;
         let attention_scale = match (gemma, self.opt_f64("query_pre_attn_scalar")?) {
@@ -280,14 +310,10 @@ impl HfConfigReader<'_> {
                 _ => self.opt_bool("attention_bias")?.unwrap_or(false),
             },
             activation,
-            norm_style: if gemma {
-                NormStyle::OnePlusScale
-            } else {
-                NormStyle::Scale
-            },
-            qk_norm: gemma,
-            sandwich_norms: gemma,
-            embedding_multiplier: gemma.then(|| (hidden_size as f64).sqrt()),
+            norm_style: fixed.norm_style,
+            qk_norm: fixed.qk_norm,
+            sandwich_norms: fixed.sandwich_norms,
+            embedding_multiplier: fixed.embedding_multiplier,
             attention_scale,
             attn_logit_softcapping: self.opt_f64("attn_logit_softcapping")?,
             final_logit_softcapping: self.opt_f64("final_logit_softcapping")?,
