@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::prefix_cache::common_prefix_len;
 use super::{Engine, Stats};
 use crate::error::Result;
-use crate::model::Batch;
+use crate::model::{Batch, KvCache};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GenerateRequest {
@@ -57,9 +57,20 @@ impl Engine<'_> {
         }
         let mut order: Vec<usize> = (0..requests.len()).collect();
         order.sort_by(|&a, &b| prompts[a].cmp(&prompts[b]));
+        // Each prompt's reusable prefix: what it shares with a neighbour in sorted order (a
+        // few-shot preamble), keeping at least its last token to forward.
+        let mut shared = vec![0usize; prompts.len()];
+        if self.options.prefix_cache_entries > 0 {
+            for w in order.windows(2) {
+                let n = common_prefix_len(&prompts[w[0]], &prompts[w[1]]);
+                for &i in w {
+                    shared[i] = shared[i].max(n.min(prompts[i].len() - 1));
+                }
+            }
+        }
         let mut out: Vec<Option<Generation>> = vec![None; requests.len()];
         for chunk in order.chunks(self.options.batch_size.max(1)) {
-            for (i, generation) in self.generate_batch(requests, &prompts, chunk)? {
+            for (i, generation) in self.generate_batch(requests, &prompts, &shared, chunk)? {
                 out[i] = Some(generation);
             }
         }
@@ -73,43 +84,38 @@ impl Engine<'_> {
         &mut self,
         requests: &[GenerateRequest],
         prompts: &[Vec<u32>],
+        shared: &[usize],
         chunk: &[usize],
     ) -> Result<Vec<(usize, Generation)>> {
         let decoder = &self.model.decoder;
         let tokenizer = &self.model.tokenizer;
         let eos = tokenizer.eos_token_ids().to_vec();
-        let first = &prompts[chunk[0]];
-        let mut shared = chunk
-            .iter()
-            .map(|&i| common_prefix_len(first, &prompts[i]).min(prompts[i].len() - 1))
-            .min()
-            .unwrap_or(0);
-        if self.options.prefix_cache_entries == 0 {
-            shared = 0;
-        }
         let mut stats = Stats {
             requested: chunk.iter().map(|&i| prompts[i].len()).sum(),
             ..Stats::default()
         };
-        let mut cache = if shared > 0 {
-            self.prefixes
-                .get(decoder, &first[..shared], &mut stats)?
-                .repeat_row(chunk.len())?
-        } else {
-            decoder.new_cache(chunk.len())
-        };
+        // Rows of one batch may come from different preambles: each row starts from its own
+        // cached prefix, and the rows' caches are stacked (left-padded) into one.
+        let row_caches = chunk
+            .iter()
+            .map(|&i| match shared[i] {
+                0 => Ok(decoder.new_cache(1)),
+                n => self.prefixes.get(decoder, &prompts[i][..n], &mut stats),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut cache = KvCache::stack_rows(&row_caches)?;
 
         // Prefill: left-pad the unshared parts to a common length.
         let width = chunk
             .iter()
-            .map(|&i| prompts[i].len() - shared)
+            .map(|&i| prompts[i].len() - shared[i])
             .max()
             .unwrap_or(0);
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
         let mut valid = Vec::new();
         for &i in chunk {
-            let rest = &prompts[i][shared..];
+            let rest = &prompts[i][shared[i]..];
             let pad = width - rest.len();
             stats.forwarded += rest.len();
             stats.padding += pad;
@@ -117,7 +123,7 @@ impl Engine<'_> {
             t.extend_from_slice(rest);
             tokens.push(t);
             let mut p = vec![0i64; pad];
-            p.extend(shared as i64..(shared + rest.len()) as i64);
+            p.extend(shared[i] as i64..(shared[i] + rest.len()) as i64);
             positions.push(p);
             let mut v = vec![false; pad];
             v.extend(std::iter::repeat_n(true, rest.len()));

@@ -75,6 +75,55 @@ impl KvCache {
         })
     }
 
+    /// Stacks one-row caches of possibly different lengths into one batch, each row left-padded
+    /// with invalid slots: rows that continue different prefixes can then run together.
+    pub fn stack_rows(rows: &[KvCache]) -> Result<Self> {
+        let num_layers = rows.first().map_or(0, |r| r.layers.len());
+        let width = rows.iter().map(KvCache::len).max().unwrap_or(0);
+        let Some(template) = rows
+            .iter()
+            .find_map(|r| r.layers.iter().flatten().next().map(|(k, _)| k.clone()))
+        else {
+            return Ok(Self::new(num_layers, rows.len()));
+        };
+        let (_, heads, _, head_dim) = template.dims4()?;
+        let pad = |t: Option<&Tensor>, len: usize| -> Result<Tensor> {
+            let zeros = |n: usize| {
+                Tensor::zeros((1, heads, n, head_dim), template.dtype(), template.device())
+            };
+            match t {
+                None => zeros(width),
+                Some(t) if len == width => Ok(t.clone()),
+                Some(t) => Tensor::cat(&[&zeros(width - len)?, t], 2),
+            }
+        };
+        let layers = (0..num_layers)
+            .map(|layer| {
+                let mut ks = Vec::with_capacity(rows.len());
+                let mut vs = Vec::with_capacity(rows.len());
+                for r in rows {
+                    assert_eq!(r.batch(), 1, "only one-row caches can be stacked");
+                    let kv = r.layers[layer].as_ref();
+                    ks.push(pad(kv.map(|(k, _)| k), r.len())?);
+                    vs.push(pad(kv.map(|(_, v)| v), r.len())?);
+                }
+                Ok(Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let left = |r: &KvCache| width - r.len();
+        Ok(Self {
+            layers,
+            positions: rows
+                .iter()
+                .map(|r| [vec![0; left(r)], r.positions[0].clone()].concat())
+                .collect(),
+            valid: rows
+                .iter()
+                .map(|r| [vec![false; left(r)], r.valid[0].clone()].concat())
+                .collect(),
+        })
+    }
+
     /// Keeps only the given rows (finished generations leave the batch).
     pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
         let device = self
