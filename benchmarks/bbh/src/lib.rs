@@ -1,7 +1,7 @@
 //! BIG-Bench Hard (PROTOCOL.md §3): 27 tasks, 3-shot chain of thought from `cot-prompts/`,
 //! greedy generation, exact match (case-sensitive) of the sentence after `the answer is `.
 
-use dtm_bench_common::{data, doc, text_response};
+use dtm_bench_common::{data, doc, prompt, text_response};
 use dtm_plugin_api::*;
 use serde::Deserialize;
 use std::path::Path;
@@ -140,14 +140,14 @@ impl Benchmark for Bbh {
                 Item {
                     doc_id,
                     subtask: format!("{NAME}:{}", t.name),
-                    requests: vec![Request::GenerateUntil {
-                        context: format!(
+                    requests: vec![prompt::generate(
+                        format!(
                             "{}\n\nQ: {}\nA: Let's think step by step.\n",
                             t.prompt, t.examples[ei].input
                         ),
-                        until: UNTIL.iter().map(|s| s.to_string()).collect(),
-                        max_new_tokens: MAX_NEW_TOKENS,
-                    }],
+                        &UNTIL,
+                        MAX_NEW_TOKENS,
+                    )],
                 }
             })
             .collect()

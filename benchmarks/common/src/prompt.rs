@@ -30,6 +30,15 @@ pub fn context(
     s
 }
 
+/// A greedy generation request for `context`, stopped by any of `until` or after `max_new_tokens`.
+pub fn generate(context: String, until: &[&str], max_new_tokens: usize) -> dtm_plugin_api::Request {
+    dtm_plugin_api::Request::GenerateUntil {
+        context,
+        until: until.iter().map(|s| s.to_string()).collect(),
+        max_new_tokens,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

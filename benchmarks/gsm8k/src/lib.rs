@@ -128,16 +128,16 @@ impl Benchmark for Gsm8k {
             .map(|(i, d)| Item {
                 doc_id: i,
                 subtask: NAME.into(),
-                requests: vec![Request::GenerateUntil {
-                    context: prompt::context(
+                requests: vec![prompt::generate(
+                    prompt::context(
                         "",
                         &shots,
                         prompt::TARGET_DELIMITER,
                         &format!("Q: {}\nA:", d.question),
                     ),
-                    until: UNTIL.iter().map(|s| s.to_string()).collect(),
-                    max_new_tokens: MAX_NEW_TOKENS,
-                }],
+                    &UNTIL,
+                    MAX_NEW_TOKENS,
+                )],
             })
             .collect()
     }

@@ -1,7 +1,7 @@
 //! HumanEval (PROTOCOL.md §3): the prompt as it is, greedy completion, pass@1 of
 //! `prompt + completion + "\n" + test + "\n" + "check({entry_point})"` run in the sandbox.
 
-use dtm_bench_common::{code, data, doc, text_response};
+use dtm_bench_common::{code, data, doc, prompt, text_response};
 use dtm_plugin_api::*;
 use serde::Deserialize;
 use std::path::Path;
@@ -66,11 +66,7 @@ impl Benchmark for HumanEval {
             .map(|(i, p)| Item {
                 doc_id: i,
                 subtask: NAME.into(),
-                requests: vec![Request::GenerateUntil {
-                    context: p.prompt.clone(),
-                    until: UNTIL.iter().map(|s| s.to_string()).collect(),
-                    max_new_tokens: MAX_NEW_TOKENS,
-                }],
+                requests: vec![prompt::generate(p.prompt.clone(), &UNTIL, MAX_NEW_TOKENS)],
             })
             .collect()
     }

@@ -129,11 +129,11 @@ impl Benchmark for Mbpp {
             .map(|(i, p)| Item {
                 doc_id: i,
                 subtask: NAME.into(),
-                requests: vec![Request::GenerateUntil {
-                    context: prompt::context("", &shots, "", &doc_to_text(p)),
-                    until: UNTIL.iter().map(|s| s.to_string()).collect(),
-                    max_new_tokens: MAX_NEW_TOKENS,
-                }],
+                requests: vec![prompt::generate(
+                    prompt::context("", &shots, "", &doc_to_text(p)),
+                    &UNTIL,
+                    MAX_NEW_TOKENS,
+                )],
             })
             .collect()
     }
