@@ -1,3 +1,8 @@
-//! The trainer: LoRA SFT, the baselines, data dispersal and merging.
+//! The trainer: LoRA instruction tuning (the paper's Vanilla SFT) on the decoder that `harness`
+//! scores, the Table 1 baselines, data dispersal and model merging.
 //!
-//! Nothing is implemented here yet; the crate exists so that the workspace has its final shape.
+//! Model code lives in `dtm-model`; this crate holds the training recipes and the parts they
+//! compose (data, optimiser, schedules, checkpoints).
+
+pub mod data;
+pub mod optim;

@@ -3,7 +3,7 @@
 //! part), so a few-shot preamble is computed once for all the questions that follow it, and a
 //! question once for all of its choices.
 
-use candle_core::{Result, Tensor};
+use candle_core::Result;
 
 use crate::model::{Batch, Decoder, KvCache};
 
@@ -35,7 +35,7 @@ impl PrefixCache {
         let mut cache = match best {
             Some((i, n)) => {
                 let entry = self.entries.remove(i);
-                let cut = truncate(&entry.1, n)?;
+                let cut = entry.1.truncate(n)?;
                 self.entries.push(entry); // most recently used last
                 cut
             }
@@ -69,24 +69,4 @@ impl PrefixCache {
 
 pub fn common_prefix_len(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-/// The first `n` key slots of a one-row cache whose slots are all real.
-fn truncate(cache: &KvCache, n: usize) -> Result<KvCache> {
-    let layers = cache
-        .layers
-        .iter()
-        .map(|kv| {
-            kv.as_ref()
-                .map(|(k, v)| -> Result<(Tensor, Tensor)> {
-                    Ok((k.narrow(2, 0, n)?, v.narrow(2, 0, n)?))
-                })
-                .transpose()
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(KvCache {
-        layers,
-        positions: cache.positions.iter().map(|p| p[..n].to_vec()).collect(),
-        valid: cache.valid.iter().map(|v| v[..n].to_vec()).collect(),
-    })
 }

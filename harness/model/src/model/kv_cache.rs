@@ -54,6 +54,26 @@ impl KvCache {
             .collect()
     }
 
+    /// The first `n` key slots of every row (a shared prefix cut back to its common part).
+    pub fn truncate(&self, n: usize) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|kv| {
+                kv.as_ref()
+                    .map(|(k, v)| -> Result<(Tensor, Tensor)> {
+                        Ok((k.narrow(2, 0, n)?, v.narrow(2, 0, n)?))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            positions: self.positions.iter().map(|p| p[..n].to_vec()).collect(),
+            valid: self.valid.iter().map(|v| v[..n].to_vec()).collect(),
+        })
+    }
+
     /// Repeats a one-row cache `batch` times, so that a shared prefix is computed once.
     pub fn repeat_row(&self, batch: usize) -> Result<Self> {
         assert_eq!(self.batch(), 1, "only a one-row cache can be repeated");

@@ -3,7 +3,9 @@
 pub mod config;
 pub mod decoder;
 pub mod kv_cache;
+pub mod projection;
 
 pub use config::{Architecture, ModelConfig};
 pub use decoder::{Batch, Decoder, Kernels};
 pub use kv_cache::KvCache;
+pub use projection::{DropoutKey, Lora, Projection};

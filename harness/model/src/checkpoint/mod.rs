@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
+use crate::adapter::PeftAdapter;
 use crate::error::{first_line, LoadError};
 use crate::model::{Decoder, ModelConfig};
 use crate::tokenizer::TextTokenizer;
@@ -16,6 +17,8 @@ use crate::tokenizer::TextTokenizer;
 /// A model ready to run, with its tokenizer.
 pub struct LoadedModel {
     pub path: PathBuf,
+    /// The PEFT adapter applied on top of the checkpoint, if any.
+    pub adapter: Option<PathBuf>,
     pub decoder: Decoder,
     pub tokenizer: TextTokenizer,
 }
@@ -56,9 +59,27 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel, L
         .map_err(|e| LoadError::new(&weights_name, weight_problem(&e)))?;
     Ok(LoadedModel {
         path: path.to_owned(),
+        adapter: None,
         decoder,
         tokenizer,
     })
+}
+
+/// Loads a checkpoint and, when given, applies a PEFT LoRA adapter folder to it.
+pub fn load_with_adapter(
+    path: &Path,
+    adapter: Option<&Path>,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedModel, LoadError> {
+    let mut model = load(path, dtype, device)?;
+    if let Some(dir) = adapter {
+        let peft = PeftAdapter::load(dir, device)?;
+        peft.attach(&mut model.decoder)
+            .map_err(|e| LoadError::at(dir, e.to_string()))?;
+        model.adapter = Some(dir.to_owned());
+    }
+    Ok(model)
 }
 
 fn weight_problem(e: &candle_core::Error) -> String {

@@ -5,11 +5,12 @@
 //! ops (candle's fused versions record no backward pass, and the trainer reuses this code);
 //! softmax is fused only when [`Kernels::Fused`] says the caller does not need gradients.
 
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
 
 use super::config::{Activation, ModelConfig, NormStyle, RopeSpec};
 use super::kv_cache::KvCache;
+use super::projection::{DropoutKey, Projection};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -100,6 +101,8 @@ struct ForwardContext<'a> {
     masks: Vec<(Option<usize>, Tensor)>,
     angles: Vec<(&'a RopeSpec, RotaryAngles)>,
     kernels: Kernels,
+    /// Set while training with LoRA dropout.
+    dropout: Option<DropoutKey>,
 }
 
 impl ForwardContext<'_> {
@@ -124,10 +127,10 @@ impl ForwardContext<'_> {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Projection,
+    k_proj: Projection,
+    v_proj: Projection,
+    o_proj: Projection,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     num_heads: usize,
@@ -138,7 +141,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &ModelConfig, index: u64) -> Result<Self> {
         let (h, kv, hd, d) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
@@ -147,10 +150,10 @@ impl Attention {
         );
         let norm = |name: &str| RmsNorm::load(vb.pp(name), hd, cfg.rms_norm_eps, cfg.norm_style);
         Ok(Self {
-            q_proj: candle_nn::linear_b(d, h * hd, cfg.qkv_bias, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear_b(d, kv * hd, cfg.qkv_bias, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear_b(d, kv * hd, cfg.qkv_bias, vb.pp("v_proj"))?,
-            o_proj: candle_nn::linear_b(h * hd, d, false, vb.pp("o_proj"))?,
+            q_proj: Projection::load(vb.pp("q_proj"), d, h * hd, cfg.qkv_bias, index)?,
+            k_proj: Projection::load(vb.pp("k_proj"), d, kv * hd, cfg.qkv_bias, index + 1)?,
+            v_proj: Projection::load(vb.pp("v_proj"), d, kv * hd, cfg.qkv_bias, index + 2)?,
+            o_proj: Projection::load(vb.pp("o_proj"), h * hd, d, false, index + 3)?,
             q_norm: cfg.qk_norm.then(|| norm("q_norm")).transpose()?,
             k_norm: cfg.qk_norm.then(|| norm("k_norm")).transpose()?,
             num_heads: h,
@@ -161,9 +164,18 @@ impl Attention {
         })
     }
 
-    fn heads(&self, x: &Tensor, proj: &Linear, n: usize, norm: Option<&RmsNorm>) -> Result<Tensor> {
+    fn heads(
+        &self,
+        x: &Tensor,
+        proj: &Projection,
+        n: usize,
+        norm: Option<&RmsNorm>,
+        ctx: &ForwardContext,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let y = proj.forward(x)?.reshape((b, t, n, self.head_dim))?;
+        let y = proj
+            .forward(x, ctx.dropout)?
+            .reshape((b, t, n, self.head_dim))?;
         let y = match norm {
             Some(norm) => norm.forward(&y)?,
             None => y,
@@ -177,20 +189,29 @@ impl Attention {
         layer: usize,
         spec: &super::config::LayerSpec,
         ctx: &ForwardContext,
-        cache: &mut KvCache,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let angles = ctx.angles(&spec.rope);
-        let q =
-            angles.apply(&self.heads(x, &self.q_proj, self.num_heads, self.q_norm.as_ref())?)?;
+        let q = angles.apply(&self.heads(
+            x,
+            &self.q_proj,
+            self.num_heads,
+            self.q_norm.as_ref(),
+            ctx,
+        )?)?;
         let k = angles.apply(&self.heads(
             x,
             &self.k_proj,
             self.num_kv_heads,
             self.k_norm.as_ref(),
+            ctx,
         )?)?;
-        let v = self.heads(x, &self.v_proj, self.num_kv_heads, None)?;
-        let (k, v) = cache.append(layer, k, v)?;
+        let v = self.heads(x, &self.v_proj, self.num_kv_heads, None, ctx)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(layer, k, v)?,
+            None => (k, v),
+        };
         let s = k.dim(2)?;
         // Grouped-query attention without copying keys: the query heads that share one kv head
         // are stacked along the sequence axis.
@@ -217,36 +238,37 @@ impl Attention {
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+        self.o_proj.forward(&out, ctx.dropout)
     }
 }
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Projection,
+    up_proj: Projection,
+    down_proj: Projection,
     activation: Activation,
 }
 
 impl Mlp {
-    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &ModelConfig, index: u64) -> Result<Self> {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: candle_nn::linear_no_bias(d, i, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_no_bias(d, i, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear_no_bias(i, d, vb.pp("down_proj"))?,
+            gate_proj: Projection::load(vb.pp("gate_proj"), d, i, false, index)?,
+            up_proj: Projection::load(vb.pp("up_proj"), d, i, false, index + 1)?,
+            down_proj: Projection::load(vb.pp("down_proj"), i, d, false, index + 2)?,
             activation: cfg.activation,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?;
+    fn forward(&self, x: &Tensor, dropout: Option<DropoutKey>) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x, dropout)?;
         let gate = match self.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,
         };
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        self.down_proj
+            .forward(&(gate * self.up_proj.forward(x, dropout)?)?, dropout)
     }
 }
 
@@ -262,7 +284,9 @@ struct Block {
 }
 
 impl Block {
-    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &ModelConfig, layer: usize) -> Result<Self> {
+        // Projection indices: 8 per layer (q, k, v, o, gate, up, down).
+        let index = 8 * layer as u64;
         let norm = |name: &str| {
             RmsNorm::load(
                 vb.pp(name),
@@ -272,8 +296,8 @@ impl Block {
             )
         };
         Ok(Self {
-            attn: Attention::load(vb.pp("self_attn"), cfg)?,
-            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            attn: Attention::load(vb.pp("self_attn"), cfg, index)?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg, index + 4)?,
             input_norm: norm("input_layernorm")?,
             post_attention_norm: norm("post_attention_layernorm")?,
             feedforward_norms: if cfg.sandwich_norms {
@@ -287,13 +311,37 @@ impl Block {
         })
     }
 
+    fn projections(&self) -> [(&'static str, &Projection); 7] {
+        [
+            ("self_attn.q_proj", &self.attn.q_proj),
+            ("self_attn.k_proj", &self.attn.k_proj),
+            ("self_attn.v_proj", &self.attn.v_proj),
+            ("self_attn.o_proj", &self.attn.o_proj),
+            ("mlp.gate_proj", &self.mlp.gate_proj),
+            ("mlp.up_proj", &self.mlp.up_proj),
+            ("mlp.down_proj", &self.mlp.down_proj),
+        ]
+    }
+
+    fn projections_mut(&mut self) -> [(&'static str, &mut Projection); 7] {
+        [
+            ("self_attn.q_proj", &mut self.attn.q_proj),
+            ("self_attn.k_proj", &mut self.attn.k_proj),
+            ("self_attn.v_proj", &mut self.attn.v_proj),
+            ("self_attn.o_proj", &mut self.attn.o_proj),
+            ("mlp.gate_proj", &mut self.mlp.gate_proj),
+            ("mlp.up_proj", &mut self.mlp.up_proj),
+            ("mlp.down_proj", &mut self.mlp.down_proj),
+        ]
+    }
+
     fn forward(
         &self,
         x: &Tensor,
         layer: usize,
         spec: &super::config::LayerSpec,
         ctx: &ForwardContext,
-        cache: &mut KvCache,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let attn = self
             .attn
@@ -301,12 +349,14 @@ impl Block {
         match &self.feedforward_norms {
             None => {
                 let x = (x + attn)?;
-                let mlp = self.mlp.forward(&self.post_attention_norm.forward(&x)?)?;
+                let mlp = self
+                    .mlp
+                    .forward(&self.post_attention_norm.forward(&x)?, ctx.dropout)?;
                 x + mlp
             }
             Some((pre, post)) => {
                 let x = (x + self.post_attention_norm.forward(&attn)?)?;
-                let mlp = self.mlp.forward(&pre.forward(&x)?)?;
+                let mlp = self.mlp.forward(&pre.forward(&x)?, ctx.dropout)?;
                 x + post.forward(&mlp)?
             }
         }
@@ -340,7 +390,7 @@ impl Decoder {
             .pp("model.embed_tokens")
             .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
         let blocks = (0..cfg.num_layers())
-            .map(|i| Block::load(vb.pp(format!("model.layers.{i}")), cfg))
+            .map(|i| Block::load(vb.pp(format!("model.layers.{i}")), cfg, i))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(
             vb.pp("model.norm"),
@@ -388,18 +438,46 @@ impl Decoder {
     /// Runs new tokens through the model, extending `cache`; returns final hidden states
     /// `[batch, seq, hidden]` (after the last norm).
     pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
-        let b = batch.tokens.len();
-        let t = batch.tokens.first().map_or(0, Vec::len);
-        assert_eq!(
-            cache.batch(),
-            b,
-            "cache and batch disagree on the number of rows"
-        );
-        let device = self.device().clone();
+        if cache.batch() != batch.tokens.len() {
+            candle_core::bail!(
+                "cache has {} rows but the batch has {}",
+                cache.batch(),
+                batch.tokens.len()
+            );
+        }
         for (row, (pos, ok)) in batch.positions.iter().zip(batch.valid).enumerate() {
             cache.positions[row].extend_from_slice(pos);
             cache.valid[row].extend_from_slice(ok);
         }
+        let (key_pos, key_valid) = (cache.positions.clone(), cache.valid.clone());
+        self.run(batch, Some(cache), &key_pos, &key_valid, self.kernels, None)
+    }
+
+    /// The training forward pass: whole sequences, no KV cache, only differentiable ops (candle's
+    /// fused kernels record no backward pass), LoRA dropout drawn from `dropout` when given.
+    pub fn forward_train(&self, batch: &Batch, dropout: Option<DropoutKey>) -> Result<Tensor> {
+        self.run(
+            batch,
+            None,
+            batch.positions,
+            batch.valid,
+            Kernels::Differentiable,
+            dropout,
+        )
+    }
+
+    fn run(
+        &self,
+        batch: &Batch,
+        mut cache: Option<&mut KvCache>,
+        key_pos: &[Vec<i64>],
+        key_valid: &[Vec<bool>],
+        kernels: Kernels,
+        dropout: Option<DropoutKey>,
+    ) -> Result<Tensor> {
+        let b = batch.tokens.len();
+        let t = batch.tokens.first().map_or(0, Vec::len);
+        let device = self.device().clone();
         let mut windows: Vec<Option<usize>> =
             self.cfg.layers.iter().map(|l| l.sliding_window).collect();
         windows.sort();
@@ -409,7 +487,7 @@ impl Decoder {
             .map(|&w| {
                 Ok((
                     w,
-                    attention_mask(batch.positions, &cache.positions, &cache.valid, w, &device)?,
+                    attention_mask(batch.positions, key_pos, key_valid, w, &device)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -432,7 +510,8 @@ impl Decoder {
         let ctx = ForwardContext {
             masks,
             angles,
-            kernels: self.kernels,
+            kernels,
+            dropout,
         };
 
         let ids = Tensor::from_vec(batch.tokens.concat(), b * t, &device)?;
@@ -446,9 +525,36 @@ impl Decoder {
             x = x.broadcast_mul(&m)?;
         }
         for (i, (block, spec)) in self.blocks.iter().zip(&self.cfg.layers).enumerate() {
-            x = block.forward(&x, i, spec, &ctx, cache)?;
+            x = block.forward(&x, i, spec, &ctx, cache.as_deref_mut())?;
         }
         self.norm.forward(&x)
+    }
+
+    /// Every linear layer with its transformers name (`model.layers.3.mlp.gate_proj`).
+    pub fn projections(&self) -> Vec<(String, &Projection)> {
+        let mut out = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
+            for (name, p) in block.projections() {
+                out.push((format!("model.layers.{i}.{name}"), p));
+            }
+        }
+        out
+    }
+
+    /// Mutable access to every linear layer, named as in [`Decoder::projections`].
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
+        let mut out = Vec::new();
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            for (name, p) in block.projections_mut() {
+                out.push((format!("model.layers.{i}.{name}"), p));
+            }
+        }
+        out
+    }
+
+    /// The output head's weight `[vocab, hidden]` (the embedding matrix when tied).
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
     }
 
     /// Float32 logits `[n, vocab]` for the given `(row, position)` pairs of a `forward` output.

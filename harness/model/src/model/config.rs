@@ -490,7 +490,7 @@ pub(crate) fn token_id_list(v: Option<&Value>) -> Option<Vec<u32>> {
 mod tests {
     use super::*;
 
-    const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/models/tiny");
+    const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/models/tiny");
 
     fn read(name: &str) -> ModelConfig {
         let path = format!("{TINY}/{name}/config.json");
