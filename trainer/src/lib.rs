@@ -5,4 +5,7 @@
 //! compose (data, optimiser, schedules, checkpoints).
 
 pub mod data;
+pub mod lora;
+pub mod loss;
 pub mod optim;
+pub mod sft;

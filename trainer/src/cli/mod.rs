@@ -1,6 +1,7 @@
 //! The `trainer` command line: one subcommand per file.
 
 mod data;
+mod sft;
 
 use clap::{Parser, Subcommand};
 
@@ -23,10 +24,13 @@ enum Command {
     /// Instruction data: build mixtures from the shared corpora.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// LoRA instruction tuning (the paper's Vanilla SFT); writes a PEFT adapter.
+    Sft(Box<sft::SftArgs>),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(cmd) => data::run(cmd),
+        Command::Sft(args) => sft::run(*args),
     }
 }

@@ -23,6 +23,16 @@ pub enum Kernels {
     Differentiable,
 }
 
+/// The precision of norms, attention scores and logits: float32, or float64 for a float64 model
+/// (gradient checks by finite differences need every step in float64).
+fn upcast(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
 /// Additive mask value: finite, so that a query that sees nothing (a padding row) stays finite.
 const MASKED: f32 = -1e30;
 
@@ -44,7 +54,7 @@ impl RmsNorm {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let x32 = x.to_dtype(DType::F32)?;
+        let x32 = x.to_dtype(upcast(dtype))?;
         let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
             .sqrt()?
             .recip()?;
@@ -54,7 +64,7 @@ impl RmsNorm {
             NormStyle::Scale => normed.to_dtype(dtype)?.broadcast_mul(&self.weight),
             // ... and after it for Gemma's (1 + w).
             NormStyle::OnePlusScale => {
-                let w = (self.weight.to_dtype(DType::F32)? + 1.0)?;
+                let w = (self.weight.to_dtype(upcast(dtype))? + 1.0)?;
                 normed.broadcast_mul(&w)?.to_dtype(dtype)
             }
         }
@@ -217,14 +227,14 @@ impl Attention {
         // are stacked along the sequence axis.
         let rep = self.num_heads / self.num_kv_heads;
         let q = q.reshape((b, self.num_kv_heads, rep * t, self.head_dim))?;
-        let scores = (q.matmul(&k.t()?)? * self.scale)?.to_dtype(DType::F32)?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?.to_dtype(upcast(x.dtype()))?;
         let scores = match self.softcap {
             Some(cap) => ((scores / cap)?.tanh()? * cap)?,
             None => scores,
         };
         let scores = scores
             .reshape((b, self.num_kv_heads, rep, t, s))?
-            .broadcast_add(ctx.mask(spec.sliding_window))?;
+            .broadcast_add(&ctx.mask(spec.sliding_window).to_dtype(scores.dtype())?)?;
         let probs = match ctx.kernels {
             Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
             Kernels::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
@@ -557,13 +567,13 @@ impl Decoder {
         &self.lm_head
     }
 
-    /// Float32 logits `[n, vocab]` for the given `(row, position)` pairs of a `forward` output.
+    /// Logits `[n, vocab]` (float32; float64 for a float64 model) for the given `(row, position)` pairs of a `forward` output.
     pub fn logits_at(&self, hidden: &Tensor, at: &[(usize, usize)]) -> Result<Tensor> {
         let (_, t, d) = hidden.dims3()?;
         let idx: Vec<u32> = at.iter().map(|&(b, p)| (b * t + p) as u32).collect();
         let idx = Tensor::from_vec(idx, at.len(), hidden.device())?;
         let h = hidden.reshape(((), d))?.index_select(&idx, 0)?;
-        let logits = h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        let logits = h.matmul(&self.lm_head.t()?)?.to_dtype(upcast(h.dtype()))?;
         match self.cfg.final_logit_softcapping {
             Some(cap) => (logits / cap)?.tanh()? * cap,
             None => Ok(logits),

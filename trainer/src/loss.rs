@@ -1,0 +1,78 @@
+//! The causal language-modelling loss on chosen target tokens.
+//!
+//! Each target token gets a weight, and the loss is `Σ weight · (−log p(token | prefix))`: the
+//! token mean over an optimiser step is weight `1 / targets in the step`; the per-sequence mean is
+//! `1 / (targets in the sequence · sequences in the step)`. Only differentiable ops are used.
+
+use candle_core::{DType, Result, Tensor, D};
+use dtm_model::model::{Batch, Decoder, DropoutKey};
+
+/// One sequence of a micro-batch: its tokens and per-token loss weights (0 = not a target).
+pub struct WeightedSequence<'a> {
+    pub tokens: &'a [u32],
+    /// `weights[j]` applies to token j predicted from position j − 1; `weights[0]` is ignored.
+    pub weights: &'a [f64],
+}
+
+/// Right-pads the sequences into one batch and returns the weighted loss (a scalar tensor with a
+/// backward graph to the trainable parameters) and the plain sum of target log-losses (for logs).
+pub fn weighted_nll(
+    decoder: &Decoder,
+    seqs: &[WeightedSequence],
+    dropout: Option<DropoutKey>,
+) -> Result<(Tensor, f64)> {
+    let len = seqs.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
+    let pad = seqs
+        .first()
+        .and_then(|s| s.tokens.first())
+        .copied()
+        .unwrap_or(0);
+    let mut tokens = Vec::with_capacity(seqs.len());
+    let mut positions = Vec::with_capacity(seqs.len());
+    let mut valid = Vec::with_capacity(seqs.len());
+    let mut at = Vec::new();
+    let mut labels = Vec::new();
+    let mut weights = Vec::new();
+    for (row, s) in seqs.iter().enumerate() {
+        let n = s.tokens.len();
+        let mut t = s.tokens.to_vec();
+        t.resize(len, pad);
+        tokens.push(t);
+        positions.push((0..len as i64).collect::<Vec<_>>());
+        valid.push((0..len).map(|i| i < n).collect::<Vec<_>>());
+        for j in 1..n {
+            if s.weights[j] != 0.0 {
+                at.push((row, j - 1));
+                labels.push(s.tokens[j]);
+                weights.push(s.weights[j]);
+            }
+        }
+    }
+    let device = decoder.device().clone();
+    if at.is_empty() {
+        let zero = Tensor::zeros((), decoder.dtype(), &device)?;
+        return Ok((zero, 0.0));
+    }
+    let batch = Batch {
+        tokens: &tokens,
+        positions: &positions,
+        valid: &valid,
+    };
+    let hidden = decoder.forward_train(&batch, dropout)?;
+    let logits = decoder.logits_at(&hidden, &at)?;
+    let n = labels.len();
+    let labels = Tensor::from_vec(labels, (n, 1), &device)?;
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let picked = shifted.gather(&labels, D::Minus1)?;
+    let nll = (log_z - picked)?.squeeze(D::Minus1)?;
+    let weights = Tensor::from_vec(weights, n, &device)?.to_dtype(nll.dtype())?;
+    let loss = (&nll * &weights)?.sum_all()?;
+    let total = nll
+        .detach()
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    Ok((loss, total))
+}

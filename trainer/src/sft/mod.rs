@@ -1,0 +1,399 @@
+//! LoRA instruction tuning: the paper's Vanilla SFT, as one plain loop.
+//!
+//! data → examples → (per optimiser step) micro-batches → loss → gradients accumulated →
+//! clipped → AdamW at the schedule's rate → log line → checkpoint. Everything a step does is a
+//! function of the step number and the seed, which is what makes resuming exact.
+
+pub mod checkpoint;
+pub mod config;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use dtm_model::adapter::PeftAdapter;
+use dtm_model::checkpoint::LoadedModel;
+use dtm_model::model::projection::splitmix;
+use dtm_model::model::DropoutKey;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::examples::{tokenize, Example, TokenizeOptions};
+use crate::data::read_jsonl;
+use crate::lora::{self, LoraParams, LoraSettings};
+use crate::loss::{weighted_nll, WeightedSequence};
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
+
+pub use config::{LossReduction, Preset, SftConfig};
+
+/// One line of `train_log.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepLog {
+    /// 1-based optimiser step.
+    pub step: u64,
+    /// Fractional epoch reached after this step.
+    pub epoch: f64,
+    /// The step's loss (with the chosen reduction).
+    pub loss: f64,
+    /// The learning rate this step used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub target_tokens: usize,
+    pub tokens_per_s: f64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub steps: u64,
+    pub examples: usize,
+    pub dropped_records: usize,
+    pub wall_s: f64,
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    pub peak_rss_mb: f64,
+    pub adapter: PathBuf,
+}
+
+/// The fixed plan of a run: which examples each step sees.
+pub struct Plan {
+    pub examples: Vec<Example>,
+    pub steps_per_epoch: u64,
+    pub total_steps: u64,
+    batch_size: usize,
+    shuffle: bool,
+    seed: u64,
+}
+
+impl Plan {
+    pub fn new(examples: Vec<Example>, config: &SftConfig) -> Self {
+        let steps_per_epoch = examples.len().div_ceil(config.batch_size) as u64;
+        let mut total_steps = steps_per_epoch * config.epochs as u64;
+        if let Some(max) = config.max_steps {
+            total_steps = total_steps.min(max);
+        }
+        Self {
+            examples,
+            steps_per_epoch,
+            total_steps,
+            batch_size: config.batch_size,
+            shuffle: config.shuffle,
+            seed: config.seed,
+        }
+    }
+
+    /// The examples of optimiser step `step` (0-based): a seeded permutation per epoch, cut into
+    /// consecutive batches (the last one of an epoch may be short).
+    pub fn batch(&self, step: u64) -> Vec<&Example> {
+        let epoch = step / self.steps_per_epoch;
+        let index = (step % self.steps_per_epoch) as usize;
+        let mut order: Vec<usize> = (0..self.examples.len()).collect();
+        if self.shuffle {
+            let mut rng = ChaCha8Rng::seed_from_u64(splitmix(self.seed ^ splitmix(epoch)));
+            order.shuffle(&mut rng);
+        }
+        let start = index * self.batch_size;
+        let end = (start + self.batch_size).min(order.len());
+        order[start..end]
+            .iter()
+            .map(|&i| &self.examples[i])
+            .collect()
+    }
+}
+
+/// Per-token loss weights of a step's batch under `reduction`.
+pub fn loss_weights(batch: &[&Example], reduction: LossReduction) -> Vec<Vec<f64>> {
+    let total: usize = batch.iter().map(|e| e.target_tokens()).sum();
+    batch
+        .iter()
+        .map(|e| {
+            let w = match reduction {
+                LossReduction::Token => 1.0 / total as f64,
+                LossReduction::Sequence => 1.0 / (e.target_tokens() * batch.len()) as f64,
+            };
+            (0..e.tokens.len())
+                .map(|j| if j >= e.target_start { w } else { 0.0 })
+                .collect()
+        })
+        .collect()
+}
+
+/// Loss and summed gradients of one optimiser step's batch, split into micro-batches.
+pub fn step_gradients(
+    model: &LoadedModel,
+    params: &[LoraParams],
+    batch: &[&Example],
+    reduction: LossReduction,
+    micro_batch_size: usize,
+    dropout: Option<(u64, u64)>,
+) -> anyhow::Result<(f64, Vec<Tensor>)> {
+    let weights = loss_weights(batch, reduction);
+    let vars = lora::vars(params);
+    let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut loss_total = 0.0;
+    for (m, (examples, weights)) in batch
+        .chunks(micro_batch_size)
+        .zip(weights.chunks(micro_batch_size))
+        .enumerate()
+    {
+        let seqs: Vec<WeightedSequence> = examples
+            .iter()
+            .zip(weights)
+            .map(|(e, w)| WeightedSequence {
+                tokens: &e.tokens,
+                weights: w,
+            })
+            .collect();
+        let key = dropout
+            .map(|(seed, step)| DropoutKey(splitmix(seed) ^ splitmix((step << 20) | m as u64)));
+        let (loss, _) = weighted_nll(&model.decoder, &seqs, key)?;
+        loss_total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let store = loss.backward()?;
+        for (g, v) in grads.iter_mut().zip(&vars) {
+            let Some(grad) = store.get(v.as_tensor()) else {
+                continue;
+            };
+            *g = Some(match g.take() {
+                Some(acc) => (acc + grad)?,
+                None => grad.clone(),
+            });
+        }
+    }
+    let grads = grads
+        .into_iter()
+        .zip(&vars)
+        .map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok((loss_total, grads))
+}
+
+/// Runs (or resumes) SFT into `output`; `on_step` sees every step's log line as it is written.
+pub fn run(
+    config: &SftConfig,
+    output: &Path,
+    resume: bool,
+    device: &Device,
+    on_step: &mut dyn FnMut(&StepLog, &Plan),
+) -> anyhow::Result<Summary> {
+    validate(config)?;
+    let started = Instant::now();
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("{}: cannot create", output.display()))?;
+    let resuming = checkpoint::exists(output);
+    if resuming && !resume {
+        bail!(
+            "{} already holds a training run; add --resume to continue it, or choose another --output",
+            output.display()
+        );
+    }
+    let mut model = dtm_model::checkpoint::load(&config.model, DType::F32, device)?;
+    let records = read_jsonl(&config.data)?;
+    let (examples, dropped) = tokenize(
+        &records,
+        &model.tokenizer,
+        TokenizeOptions {
+            max_len: config.max_len,
+            append_eos: config.append_eos,
+        },
+    )?;
+    if examples.is_empty() {
+        bail!(
+            "{}: no record has a response token left after truncation to --max-len {}",
+            config.data.display(),
+            config.max_len
+        );
+    }
+    let settings = LoraSettings {
+        r: config.lora_r,
+        alpha: config.lora_alpha,
+        dropout: config.lora_dropout,
+        targets: config.lora_targets.clone(),
+    };
+    let init = config
+        .init_adapter
+        .as_deref()
+        .map(|dir| PeftAdapter::load(dir, device))
+        .transpose()?;
+    let params = lora::attach(&mut model.decoder, &settings, config.seed, init.as_ref())?;
+    let mut optimiser = AdamW::new(
+        lora::vars(&params),
+        AdamWConfig {
+            beta1: config.betas.0,
+            beta2: config.betas.1,
+            eps: config.eps,
+            weight_decay: config.weight_decay,
+        },
+    )?;
+    let plan = Plan::new(examples, config);
+    let schedule = Schedule {
+        kind: config.schedule,
+        lr: config.lr,
+        min_lr: config.min_lr,
+        warmup_steps: config.warmup_steps,
+        total_steps: plan.total_steps,
+    };
+    let log_path = output.join("train_log.jsonl");
+    let mut start_step = 0;
+    if resuming {
+        let ckpt = checkpoint::load(output, device)?;
+        if &ckpt.config != config {
+            bail!(
+                "{}: the checkpoint was made with other settings; resume with the same command, or choose another --output",
+                output.display()
+            );
+        }
+        for (var, value) in optimiser.params().iter().zip(&ckpt.params) {
+            var.set(value)?;
+        }
+        optimiser.restore(ckpt.step, ckpt.moments)?;
+        start_step = ckpt.step;
+        truncate_log(&log_path, start_step)?;
+    } else {
+        std::fs::write(&log_path, "")?;
+    }
+    let config_text = serde_json::to_string_pretty(config)? + "\n";
+    crate::data::write_atomic(&output.join("train_config.json"), config_text.as_bytes())?;
+
+    let mut log = std::fs::OpenOptions::new().append(true).open(&log_path)?;
+    let mut tokens_seen = 0usize;
+    let dropout_seed = (config.lora_dropout > 0.0).then_some(config.seed);
+    for step in start_step..plan.total_steps {
+        let t0 = Instant::now();
+        let batch = plan.batch(step);
+        let (loss, grads) = step_gradients(
+            &model,
+            &params,
+            &batch,
+            config.loss_reduction,
+            config.micro_batch_size,
+            dropout_seed.map(|s| (s, step)),
+        )?;
+        let (grad_norm, grads) = clip_grad_norm(grads, config.max_grad_norm)?;
+        let lr = schedule.lr_at(step);
+        optimiser.step(&grads, lr)?;
+        let tokens: usize = batch.iter().map(|e| e.tokens.len()).sum();
+        tokens_seen += tokens;
+        let entry = StepLog {
+            step: step + 1,
+            epoch: (step + 1) as f64 / plan.steps_per_epoch as f64,
+            loss,
+            lr,
+            grad_norm,
+            target_tokens: batch.iter().map(|e| e.target_tokens()).sum(),
+            tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64(),
+        };
+        if !loss.is_finite() {
+            bail!(
+                "step {}: the loss is {loss}; stopping (lower --lr?)",
+                step + 1
+            );
+        }
+        writeln!(log, "{}", serde_json::to_string(&entry)?)?;
+        log.flush()?;
+        let done = step + 1;
+        if done.is_multiple_of(config.checkpoint_every) || done == plan.total_steps {
+            let values: Vec<Tensor> = optimiser
+                .params()
+                .iter()
+                .map(|v| v.as_tensor().clone())
+                .collect();
+            checkpoint::save(output, done, config, &values, optimiser.moments())?;
+        }
+        on_step(&entry, &plan);
+    }
+    let adapter_dir = output.join("adapter");
+    let base = config.model.canonicalize().unwrap_or(config.model.clone());
+    lora::to_adapter(
+        &params,
+        settings.adapter_config(&base.display().to_string()),
+    )?
+    .save(&adapter_dir)?;
+    let wall_s = started.elapsed().as_secs_f64();
+    Ok(Summary {
+        steps: plan.total_steps,
+        examples: plan.examples.len(),
+        dropped_records: dropped,
+        wall_s,
+        tokens: tokens_seen,
+        tokens_per_s: tokens_seen as f64 / wall_s,
+        peak_rss_mb: peak_rss_mb(),
+        adapter: adapter_dir,
+    })
+}
+
+fn validate(c: &SftConfig) -> anyhow::Result<()> {
+    let checks: [(bool, &str); 12] = [
+        (c.lora_r > 0, "--lora-r must be positive"),
+        (c.lora_alpha > 0.0, "--lora-alpha must be positive"),
+        (
+            (0.0..1.0).contains(&c.lora_dropout),
+            "--lora-dropout must be in [0, 1)",
+        ),
+        (
+            c.lr.is_finite() && c.lr >= 0.0,
+            "--lr must be a non-negative number",
+        ),
+        (
+            c.min_lr >= 0.0 && c.min_lr <= c.lr,
+            "--min-lr must be between 0 and --lr",
+        ),
+        (
+            (0.0..1.0).contains(&c.betas.0) && (0.0..1.0).contains(&c.betas.1),
+            "--betas must be two numbers in [0, 1)",
+        ),
+        (c.eps > 0.0, "--eps must be positive"),
+        (
+            c.batch_size > 0 && c.micro_batch_size > 0,
+            "--batch-size and --micro-batch-size must be positive",
+        ),
+        (c.max_len >= 2, "--max-len must be at least 2"),
+        (c.epochs > 0, "--epochs must be positive"),
+        (c.max_steps != Some(0), "--max-steps must be positive"),
+        (
+            c.checkpoint_every > 0,
+            "--checkpoint-every must be positive",
+        ),
+    ];
+    for (ok, message) in checks {
+        if !ok {
+            bail!("{message}");
+        }
+    }
+    if c.max_grad_norm.is_some_and(|n| n.is_nan() || n <= 0.0) {
+        bail!("--max-grad-norm must be positive");
+    }
+    if c.lora_targets.is_empty() {
+        bail!("--lora-targets names no layer");
+    }
+    Ok(())
+}
+
+/// Keeps the first `steps` lines of the log: lines after the checkpoint are redone.
+fn truncate_log(path: &Path, steps: u64) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: String = text
+        .lines()
+        .take(steps as usize)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::data::write_atomic(path, kept.as_bytes())?;
+    Ok(())
+}
+
+/// Peak resident memory of this process (VmHWM), in MB; 0 where /proc is unavailable.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
