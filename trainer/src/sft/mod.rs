@@ -243,8 +243,9 @@ pub fn run(
         let ckpt = checkpoint::load(output, device)?;
         if &ckpt.config != config {
             bail!(
-                "{}: the checkpoint was made with other settings; resume with the same command, or choose another --output",
-                output.display()
+                "{}: the checkpoint was made with other settings ({}); resume with the same command, or choose another --output",
+                output.display(),
+                differences(&ckpt.config, config)?
             );
         }
         for (var, value) in optimiser.params().iter().zip(&ckpt.params) {
@@ -371,6 +372,24 @@ fn validate(c: &SftConfig) -> anyhow::Result<()> {
         bail!("--lora-targets names no layer");
     }
     Ok(())
+}
+
+/// `field: old then, new now` for every setting that differs.
+fn differences(then: &SftConfig, now: &SftConfig) -> anyhow::Result<String> {
+    let (a, b) = (serde_json::to_value(then)?, serde_json::to_value(now)?);
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return Ok(String::new());
+    };
+    Ok(a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, v)| {
+            format!(
+                "{k}: {v} then, {} now",
+                b.get(k).unwrap_or(&serde_json::Value::Null)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; "))
 }
 
 /// Keeps the first `steps` lines of the log: lines after the checkpoint are redone.
