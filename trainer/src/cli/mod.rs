@@ -1,5 +1,6 @@
 //! The `trainer` command line: one subcommand per file.
 
+mod bench;
 mod data;
 mod sft;
 
@@ -26,11 +27,14 @@ enum Command {
     Data(data::DataCommand),
     /// LoRA instruction tuning (the paper's Vanilla SFT); writes a PEFT adapter.
     Sft(Box<sft::SftArgs>),
+    /// Speed and peak memory of LoRA training steps on random token batches.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(cmd) => data::run(cmd),
         Command::Sft(args) => sft::run(*args),
+        Command::Bench(args) => bench::run(args),
     }
 }

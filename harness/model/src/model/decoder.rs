@@ -9,8 +9,9 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::{Activation, ModelConfig, NormStyle, RopeSpec};
+use super::kernels::masked_softmax;
 use super::kv_cache::KvCache;
-use super::projection::{DropoutKey, Projection};
+use super::projection::{frozen_matmul, DropoutKey, Projection};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -227,6 +228,20 @@ impl Attention {
         // are stacked along the sequence axis.
         let rep = self.num_heads / self.num_kv_heads;
         let q = q.reshape((b, self.num_kv_heads, rep * t, self.head_dim))?;
+        if ctx.kernels == Kernels::Differentiable && self.softcap.is_none() {
+            // Training: one fused, differentiable masked softmax (see `kernels`).
+            let scores = q.matmul(&k.t()?)?.to_dtype(upcast(x.dtype()))?.reshape((
+                b,
+                self.num_kv_heads,
+                rep,
+                t,
+                s,
+            ))?;
+            let probs = masked_softmax(&scores, ctx.mask(spec.sliding_window), self.scale)?
+                .to_dtype(v.dtype())?
+                .reshape((b, self.num_kv_heads, rep * t, s))?;
+            return self.attend(&probs, &v, b, t, ctx);
+        }
         let scores = (q.matmul(&k.t()?)? * self.scale)?.to_dtype(upcast(x.dtype()))?;
         let scores = match self.softcap {
             Some(cap) => ((scores / cap)?.tanh()? * cap)?,
@@ -242,8 +257,20 @@ impl Attention {
         let probs = probs
             .to_dtype(v.dtype())?
             .reshape((b, self.num_kv_heads, rep * t, s))?;
+        self.attend(&probs, &v, b, t, ctx)
+    }
+
+    /// Attention-weighted values through the output projection.
+    fn attend(
+        &self,
+        probs: &Tensor,
+        v: &Tensor,
+        b: usize,
+        t: usize,
+        ctx: &ForwardContext,
+    ) -> Result<Tensor> {
         let out = probs
-            .matmul(&v)?
+            .matmul(v)?
             .reshape((b, self.num_heads, t, self.head_dim))?;
         let out = out
             .transpose(1, 2)?
@@ -573,7 +600,13 @@ impl Decoder {
         let idx: Vec<u32> = at.iter().map(|&(b, p)| (b * t + p) as u32).collect();
         let idx = Tensor::from_vec(idx, at.len(), hidden.device())?;
         let h = hidden.reshape(((), d))?.index_select(&idx, 0)?;
-        let logits = h.matmul(&self.lm_head.t()?)?.to_dtype(upcast(h.dtype()))?;
+        let logits = if h.track_op() && !self.lm_head.is_variable() {
+            // Training: no gradient for the frozen output head.
+            frozen_matmul(&h, &self.lm_head)?
+        } else {
+            h.matmul(&self.lm_head.t()?)?
+        };
+        let logits = logits.to_dtype(upcast(h.dtype()))?;
         match self.cfg.final_logit_softcapping {
             Some(cap) => (logits / cap)?.tanh()? * cap,
             None => Ok(logits),

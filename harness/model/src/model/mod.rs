@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod kernels;
 pub mod kv_cache;
 pub mod projection;
 

@@ -158,7 +158,7 @@ impl Projection {
 }
 
 /// `x·Wᵀ` whose backward pass returns the gradient of `x` only.
-fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+pub(crate) fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (out, inp) = weight.dims2()?;
     let flat = x.reshape(((), inp))?.contiguous()?;
