@@ -23,6 +23,7 @@ pub fn loss_curves(logs: &[TrainLog]) -> Result<Plot, ReportError> {
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc("loss")
             .draw()?;
         for (i, log) in logs.iter().enumerate() {

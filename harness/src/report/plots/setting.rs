@@ -107,6 +107,8 @@ fn plot(key: &str, task: &str, series: &BTreeMap<&str, Vec<Point>>) -> Result<Pl
         chart
             .configure_mesh()
             .x_desc(key)
+            // Settings are counts more often than not: no trailing ".0".
+            .x_label_formatter(&|x| format!("{}", (x * 1000.0).round() / 1000.0))
             .y_desc("score (%)")
             .draw()?;
         for (i, (name, points)) in series.iter().enumerate() {
