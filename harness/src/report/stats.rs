@@ -254,6 +254,15 @@ mod tests {
         assert_eq!(p, sign_flip_test(&d, 10_000, 7).0);
         // Too rare to be hit in 10,000 draws: the sampled p is its floor 1/10,001.
         assert_eq!(p, 1.0 / 10_001.0);
+        // 15 differences of +1 and 7 of −1 (22 > EXACT_SIGN_FLIP_MAX): flipping signs makes
+        // Σ = 2X − 22 with X ~ Bin(22, ½), so the exact p is McNemar's for b = 7, c = 15.
+        let mut d = vec![1.0; 15];
+        d.extend([-1.0; 7]);
+        let (p, test) = sign_flip_test(&d, 10_000, 5);
+        assert_eq!(test, Test::SignFlipSampled);
+        let exact = mcnemar_exact(7, 15);
+        let sd = (exact * (1.0 - exact) / 10_000.0).sqrt();
+        assert!((p - exact).abs() < 4.0 * sd, "{p} vs {exact}");
         // Observed Σ = 0: every pattern reaches it.
         let balanced: Vec<f64> = (0..30)
             .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
@@ -287,6 +296,20 @@ mod tests {
             "{lo} {hi}"
         );
         assert_eq!([lo, hi], paired_bootstrap_ci(&d, 10_000, 3));
+    }
+
+    #[test]
+    fn bootstrap_interval_matches_the_normal_approximation() {
+        // 150 differences of +1, 50 of −1, 800 of 0: the mean of n resampled differences has
+        // sd √((p₊ + p₋ − (p₊ − p₋)²)/n) = √(0.19/1000); with n = 1000 the percentile interval
+        // is close to 0.1 ± 1.96·sd = [0.0730, 0.1270] (the grid of means is 0.001 wide).
+        let mut d = vec![1.0; 150];
+        d.extend([-1.0; 50]);
+        d.extend([0.0; 800]);
+        let half = 1.96 * (0.19f64 / 1000.0).sqrt();
+        let [lo, hi] = paired_bootstrap_ci(&d, 10_000, 11);
+        assert!((lo - (0.1 - half)).abs() < 0.003, "{lo}");
+        assert!((hi - (0.1 + half)).abs() < 0.003, "{hi}");
     }
 
     #[test]
