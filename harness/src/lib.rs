@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod evaluate;
+pub mod report;
 
 // The runtime lives in `dtm-model` (shared with the trainer); re-exported so that paths such as
 // `dtm_harness::model::Decoder` keep working.

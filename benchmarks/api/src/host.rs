@@ -11,7 +11,7 @@ use std::os::raw::{c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use crate::aggregate::{aggregate, Aggregate, MetricSummary};
+pub use crate::aggregate::{aggregate, summarise, Aggregate, MetricSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {

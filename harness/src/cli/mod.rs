@@ -3,6 +3,7 @@
 mod bench;
 mod debug;
 mod exec;
+mod report;
 mod score;
 
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Score a model on benchmarks; writes results.json, samples.jsonl, results.csv, results.md.
     Score(score::ScoreArgs),
+    /// Put `harness score` runs side by side: Table 1 with paired confidence intervals and
+    /// tests against a baseline (Holm-corrected), and the paper's figures as SVG.
+    Report(report::ReportArgs),
     /// List the benchmark plugins found, with version, item count on the data present, and metrics.
     List(score::ListArgs),
     /// Run a Python file in the sandbox and print the outcome as JSON.
@@ -84,6 +88,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => debug::generate(a),
         Command::Bench(a) => bench::run(a),
         Command::Score(a) => score::score(a),
+        Command::Report(a) => report::run(a),
         Command::List(a) => score::list(a),
         Command::Exec(a) => exec::run(a),
     }
