@@ -367,7 +367,9 @@ pub fn load(path: &Path) -> Result<FileKind> {
         return Err(YamlError::field(
             &task_node.origin,
             "task",
-            format!("{task:?} is not a usable task name (no spaces, commas, colons, slashes or `=`)"),
+            format!(
+                "{task:?} is not a usable task name (no spaces, commas, colons, slashes or `=`)"
+            ),
         ));
     }
     let mut tags = Vec::new();
@@ -415,7 +417,12 @@ pub fn load(path: &Path) -> Result<FileKind> {
                     "dataset_kwargs.data_files",
                     format!(
                         "{field} is {s:?}, but data_files has no such split (it has: {})",
-                        dataset.splits.keys().cloned().collect::<Vec<_>>().join(", ")
+                        dataset
+                            .splits
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
@@ -523,9 +530,7 @@ pub fn load(path: &Path) -> Result<FileKind> {
                 "a multiple_choice task needs doc_to_choice",
             ))
         }
-        OutputType::Loglikelihood | OutputType::LoglikelihoodRolling
-            if doc_to_target.is_none() =>
-        {
+        OutputType::Loglikelihood | OutputType::LoglikelihoodRolling if doc_to_target.is_none() => {
             return Err(YamlError::field(
                 &origin,
                 "doc_to_target",
@@ -591,8 +596,13 @@ fn unsupported_field(name: &str) -> String {
         "process_docs" | "process_results" | "custom_dataset" => {
             format!("{name} (Python code) is not supported")
         }
-        "dataset_name" => "dataset_name is not supported: name the local files in dataset_kwargs.data_files".into(),
-        _ => format!("{name} is not supported by dtm's YAML tasks (see benchmarks/GUIDE.md for the subset)"),
+        "dataset_name" => {
+            "dataset_name is not supported: name the local files in dataset_kwargs.data_files"
+                .into()
+        }
+        _ => format!(
+            "{name} is not supported by dtm's YAML tasks (see benchmarks/GUIDE.md for the subset)"
+        ),
     }
 }
 
@@ -652,7 +662,11 @@ fn boolean(n: &Node, field: &str) -> Result<bool> {
 
 fn metadata_version(n: &Node) -> Result<String> {
     let Some(m) = n.as_map() else {
-        return Err(YamlError::field(&n.origin, "metadata", "expected a mapping"));
+        return Err(YamlError::field(
+            &n.origin,
+            "metadata",
+            "expected a mapping",
+        ));
     };
     let mut version = "yaml".to_string();
     for (k, v) in m {
@@ -743,15 +757,14 @@ fn dataset(f: &mut Fields, task_origin: &Origin) -> Result<Dataset> {
         ));
     };
     let Some(entries) = kw.as_map() else {
-        return Err(YamlError::field(&kw.origin, "dataset_kwargs", "expected a mapping"));
+        return Err(YamlError::field(
+            &kw.origin,
+            "dataset_kwargs",
+            "expected a mapping",
+        ));
     };
     // Relative paths resolve against the folder of the file that names them.
-    let base = kw
-        .origin
-        .file
-        .parent()
-        .unwrap_or(Path::new("."))
-        .to_owned();
+    let base = kw.origin.file.parent().unwrap_or(Path::new(".")).to_owned();
     let mut splits = BTreeMap::new();
     let mut data_origin = kw.origin.clone();
     for (k, v) in entries {
@@ -811,7 +824,11 @@ fn dataset(f: &mut Fields, task_origin: &Origin) -> Result<Dataset> {
 
 fn fewshot_config(n: &Node) -> Result<Sampler> {
     let Some(m) = n.as_map() else {
-        return Err(YamlError::field(&n.origin, "fewshot_config", "expected a mapping"));
+        return Err(YamlError::field(
+            &n.origin,
+            "fewshot_config",
+            "expected a mapping",
+        ));
     };
     let mut sampler = Sampler::Default;
     for (k, v) in m {
@@ -853,7 +870,11 @@ fn generation(f: &mut Fields, t: OutputType, fewshot_delimiter: &str) -> Result<
         ));
     }
     let Some(m) = n.as_map() else {
-        return Err(YamlError::field(&n.origin, "generation_kwargs", "expected a mapping"));
+        return Err(YamlError::field(
+            &n.origin,
+            "generation_kwargs",
+            "expected a mapping",
+        ));
     };
     for (k, v) in m {
         let field = format!("generation_kwargs.{k}");
@@ -916,13 +937,21 @@ fn generation(f: &mut Fields, t: OutputType, fewshot_delimiter: &str) -> Result<
 
 fn filter_list(n: &Node) -> Result<Vec<FilterPipeline>> {
     let Value::Seq(items) = &n.value else {
-        return Err(YamlError::field(&n.origin, "filter_list", "expected a list of filters"));
+        return Err(YamlError::field(
+            &n.origin,
+            "filter_list",
+            "expected a list of filters",
+        ));
     };
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for item in items {
         let Some(m) = item.as_map() else {
-            return Err(YamlError::field(&item.origin, "filter_list", "expected `name:` and `filter:`"));
+            return Err(YamlError::field(
+                &item.origin,
+                "filter_list",
+                "expected `name:` and `filter:`",
+            ));
         };
         let mut name = None;
         let mut steps = None;
@@ -940,10 +969,18 @@ fn filter_list(n: &Node) -> Result<Vec<FilterPipeline>> {
             }
         }
         let (Some(name), Some(steps)) = (name, steps) else {
-            return Err(YamlError::field(&item.origin, "filter_list", "each filter needs `name` and `filter`"));
+            return Err(YamlError::field(
+                &item.origin,
+                "filter_list",
+                "each filter needs `name` and `filter`",
+            ));
         };
         if !names.insert(name.clone()) {
-            return Err(YamlError::field(&item.origin, "filter_list.name", format!("{name:?} is used twice")));
+            return Err(YamlError::field(
+                &item.origin,
+                "filter_list.name",
+                format!("{name:?} is used twice"),
+            ));
         }
         out.push(FilterPipeline { name, steps });
     }
@@ -955,31 +992,44 @@ fn filter_list(n: &Node) -> Result<Vec<FilterPipeline>> {
 
 fn filter_steps(n: &Node) -> Result<Vec<FilterStep>> {
     let Value::Seq(items) = &n.value else {
-        return Err(YamlError::field(&n.origin, "filter_list.filter", "expected a list of steps"));
+        return Err(YamlError::field(
+            &n.origin,
+            "filter_list.filter",
+            "expected a list of steps",
+        ));
     };
     items.iter().map(filter_step).collect()
 }
 
 fn filter_step(n: &Node) -> Result<FilterStep> {
     let Some(m) = n.as_map() else {
-        return Err(YamlError::field(&n.origin, "filter_list.filter", "expected `function:` and its arguments"));
+        return Err(YamlError::field(
+            &n.origin,
+            "filter_list.filter",
+            "expected `function:` and its arguments",
+        ));
     };
     let Some((_, f)) = m.iter().find(|(k, _)| k == "function") else {
-        return Err(YamlError::field(&n.origin, "filter_list.filter", "a step needs `function:`"));
+        return Err(YamlError::field(
+            &n.origin,
+            "filter_list.filter",
+            "a step needs `function:`",
+        ));
     };
     let function = string(f, "filter_list.filter.function")?;
-    let allowed: &[&str] = match function.as_str() {
-        "regex" => &["regex_pattern", "group_select", "fallback"],
-        "take_first" | "lowercase" | "uppercase" => &[],
-        "map" => &["mapping_dict", "default_value"],
-        other => {
-            return Err(YamlError::field(
+    let allowed: &[&str] =
+        match function.as_str() {
+            "regex" => &["regex_pattern", "group_select", "fallback"],
+            "take_first" | "lowercase" | "uppercase" => &[],
+            "map" => &["mapping_dict", "default_value"],
+            other => return Err(YamlError::field(
                 &f.origin,
                 "filter_list.filter.function",
-                format!("{other:?} is not supported (regex, take_first, lowercase, uppercase, map are)"),
-            ))
-        }
-    };
+                format!(
+                    "{other:?} is not supported (regex, take_first, lowercase, uppercase, map are)"
+                ),
+            )),
+        };
     let arg = |name: &str| m.iter().find(|(k, _)| k == name).map(|(_, v)| v);
     for (k, v) in m {
         if k != "function" && !allowed.contains(&k.as_str()) {
@@ -1008,7 +1058,11 @@ fn filter_step(n: &Node) -> Result<FilterStep> {
                 Some(v) => match v.value {
                     Value::Int(i) => i,
                     _ => {
-                        return Err(YamlError::field(&v.origin, "filter_list.filter.group_select", "expected an integer"))
+                        return Err(YamlError::field(
+                            &v.origin,
+                            "filter_list.filter.group_select",
+                            "expected an integer",
+                        ))
                     }
                 },
             };
@@ -1029,7 +1083,11 @@ fn filter_step(n: &Node) -> Result<FilterStep> {
             let mut mapping = BTreeMap::new();
             if let Some(v) = arg("mapping_dict") {
                 let Some(entries) = v.as_map() else {
-                    return Err(YamlError::field(&v.origin, "filter_list.filter.mapping_dict", "expected a mapping"));
+                    return Err(YamlError::field(
+                        &v.origin,
+                        "filter_list.filter.mapping_dict",
+                        "expected a mapping",
+                    ));
                 };
                 for (k, x) in entries {
                     mapping.insert(k.clone(), string(x, "filter_list.filter.mapping_dict")?);
@@ -1045,15 +1103,27 @@ fn filter_step(n: &Node) -> Result<FilterStep> {
 
 fn metric_list(n: &Node, t: OutputType) -> Result<Vec<MetricConfig>> {
     let Value::Seq(items) = &n.value else {
-        return Err(YamlError::field(&n.origin, "metric_list", "expected a list of metrics"));
+        return Err(YamlError::field(
+            &n.origin,
+            "metric_list",
+            "expected a list of metrics",
+        ));
     };
     let mut out: Vec<MetricConfig> = Vec::new();
     for item in items {
         let Some(m) = item.as_map() else {
-            return Err(YamlError::field(&item.origin, "metric_list", "expected `metric:` and its options"));
+            return Err(YamlError::field(
+                &item.origin,
+                "metric_list",
+                "expected `metric:` and its options",
+            ));
         };
         let Some((_, name_node)) = m.iter().find(|(k, _)| k == "metric") else {
-            return Err(YamlError::field(&item.origin, "metric_list", "an entry needs `metric:`"));
+            return Err(YamlError::field(
+                &item.origin,
+                "metric_list",
+                "an entry needs `metric:`",
+            ));
         };
         let name = string(name_node, "metric_list.metric")?;
         let Some(kind) = MetricKind::from_name(&name) else {
@@ -1071,7 +1141,11 @@ fn metric_list(n: &Node, t: OutputType) -> Result<Vec<MetricConfig>> {
             ));
         }
         if out.iter().any(|c| c.kind == kind) {
-            return Err(YamlError::field(&name_node.origin, "metric_list.metric", format!("{name} is listed twice")));
+            return Err(YamlError::field(
+                &name_node.origin,
+                "metric_list.metric",
+                format!("{name} is listed twice"),
+            ));
         }
         let mut c = MetricConfig {
             kind,
@@ -1088,7 +1162,10 @@ fn metric_list(n: &Node, t: OutputType) -> Result<Vec<MetricConfig>> {
                         return Err(YamlError::field(
                             &v.origin,
                             &field,
-                            format!("{name} aggregates by {}; {agg:?} is not supported", kind.aggregation()),
+                            format!(
+                                "{name} aggregates by {}; {agg:?} is not supported",
+                                kind.aggregation()
+                            ),
                         ));
                     }
                 }
@@ -1098,7 +1175,9 @@ fn metric_list(n: &Node, t: OutputType) -> Result<Vec<MetricConfig>> {
                 {
                     match k.as_str() {
                         "ignore_case" => c.exact_match.ignore_case = boolean(v, &field)?,
-                        "ignore_punctuation" => c.exact_match.ignore_punctuation = boolean(v, &field)?,
+                        "ignore_punctuation" => {
+                            c.exact_match.ignore_punctuation = boolean(v, &field)?
+                        }
                         "ignore_numbers" => c.exact_match.ignore_numbers = boolean(v, &field)?,
                         _ => {
                             let patterns: Vec<&Node> = match &v.value {
@@ -1107,9 +1186,17 @@ fn metric_list(n: &Node, t: OutputType) -> Result<Vec<MetricConfig>> {
                             };
                             for p in patterns {
                                 let s = string(p, &field)?;
-                                c.exact_match.regexes_to_ignore.push(regex::Regex::new(&s).map_err(|e| {
-                                    YamlError::field(&p.origin, &field, format!("not a pattern dtm's regex engine accepts: {e}"))
-                                })?);
+                                c.exact_match.regexes_to_ignore.push(
+                                    regex::Regex::new(&s).map_err(|e| {
+                                        YamlError::field(
+                                            &p.origin,
+                                            &field,
+                                            format!(
+                                                "not a pattern dtm's regex engine accepts: {e}"
+                                            ),
+                                        )
+                                    })?,
+                                );
                             }
                         }
                     }

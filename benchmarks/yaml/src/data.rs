@@ -31,8 +31,8 @@ pub fn columns(docs: &[Doc]) -> BTreeSet<String> {
 }
 
 fn read_json(path: &Path) -> Result<Vec<Doc>, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let object = |v: Value, line: usize| match v {
         Value::Object(m) => Ok(m),
         other => Err(format!(
@@ -48,7 +48,12 @@ fn read_json(path: &Path) -> Result<Vec<Doc>, String> {
     };
     if text.trim_start().starts_with('[') {
         let v: Vec<Value> = serde_json::from_str(&text).map_err(|e| {
-            format!("{}:{}:{}: malformed JSON: {e}", path.display(), e.line(), e.column())
+            format!(
+                "{}:{}:{}: malformed JSON: {e}",
+                path.display(),
+                e.line(),
+                e.column()
+            )
         })?;
         return v.into_iter().map(|r| object(r, 1)).collect();
     }
@@ -71,7 +76,8 @@ const NA_VALUES: &[&str] = &[
 ];
 
 fn read_csv(path: &Path) -> Result<Vec<Doc>, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let f =
+        std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let mut r = csv::ReaderBuilder::new().has_headers(true).from_reader(f);
     let header: Vec<String> = r
         .headers()
@@ -110,18 +116,37 @@ fn infer_column<'a>(cells: impl Iterator<Item = &'a str> + Clone) -> Vec<Value> 
     let is_float = |s: &str| s.trim().parse::<f64>().is_ok();
     let is_bool = |s: &str| matches!(s, "True" | "False" | "TRUE" | "FALSE" | "true" | "false");
     let float = |s: &str| {
-        Number::from_f64(s.trim().parse::<f64>().unwrap_or(f64::NAN)).map_or(Value::Null, Value::Number)
+        Number::from_f64(s.trim().parse::<f64>().unwrap_or(f64::NAN))
+            .map_or(Value::Null, Value::Number)
     };
     if all(&is_int) && !any_na && cells.clone().next().is_some() {
-        cells.map(|s| Value::from(s.trim().parse::<i64>().unwrap_or(0))).collect()
+        cells
+            .map(|s| Value::from(s.trim().parse::<i64>().unwrap_or(0)))
+            .collect()
     } else if all(&is_float) && cells.clone().any(|s| !na(s)) {
-        cells.map(|s| if na(s) { Value::Null } else { float(s) }).collect()
+        cells
+            .map(|s| if na(s) { Value::Null } else { float(s) })
+            .collect()
     } else if all(&is_bool) && cells.clone().any(|s| !na(s)) {
         cells
-            .map(|s| if na(s) { Value::Null } else { Value::Bool(s.eq_ignore_ascii_case("true")) })
+            .map(|s| {
+                if na(s) {
+                    Value::Null
+                } else {
+                    Value::Bool(s.eq_ignore_ascii_case("true"))
+                }
+            })
             .collect()
     } else {
-        cells.map(|s| if na(s) { Value::Null } else { Value::String(s.to_string()) }).collect()
+        cells
+            .map(|s| {
+                if na(s) {
+                    Value::Null
+                } else {
+                    Value::String(s.to_string())
+                }
+            })
+            .collect()
     }
 }
 
@@ -129,8 +154,12 @@ fn infer_column<'a>(cells: impl Iterator<Item = &'a str> + Clone) -> Vec<Value> 
 fn normalise(docs: &mut [Doc]) {
     let cols = columns(docs);
     for c in &cols {
-        let mixed = docs.iter().any(|d| matches!(d.get(c), Some(Value::Number(n)) if n.is_f64()))
-            && docs.iter().any(|d| matches!(d.get(c), Some(Value::Number(n)) if !n.is_f64()));
+        let mixed = docs
+            .iter()
+            .any(|d| matches!(d.get(c), Some(Value::Number(n)) if n.is_f64()))
+            && docs
+                .iter()
+                .any(|d| matches!(d.get(c), Some(Value::Number(n)) if !n.is_f64()));
         for d in docs.iter_mut() {
             let v = d.entry(c.clone()).or_insert(Value::Null);
             if mixed {
@@ -152,7 +181,9 @@ pub fn py_eq(a: &Value, b: &Value) -> bool {
         (Value::Bool(x), Value::Number(y)) | (Value::Number(y), Value::Bool(x)) => {
             y.as_f64() == Some(*x as u8 as f64)
         }
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| py_eq(a, b)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| py_eq(a, b))
+        }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| py_eq(v, w)))
         }
@@ -173,7 +204,11 @@ mod tests {
     fn csv_columns_are_typed_as_pandas_types_them() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.csv");
-        std::fs::write(&p, "q,label,score,ok,mixed,gap\n\"a, b\",1,0.5,True,x,\nc,2,,False,3,NA\n").unwrap();
+        std::fs::write(
+            &p,
+            "q,label,score,ok,mixed,gap\n\"a, b\",1,0.5,True,x,\nc,2,,False,3,NA\n",
+        )
+        .unwrap();
         let docs = read_split(DataFormat::Csv, &[p]).unwrap();
         assert_eq!(
             Value::Object(docs[0].clone()),

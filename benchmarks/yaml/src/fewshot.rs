@@ -55,7 +55,11 @@ impl<'a> ShotPicker<'a> {
                     return Err(format!(
                         "{n} shots asked for, but the few-shot split has {} documents{}",
                         pool.len(),
-                        if exclude { " (one of them the evaluated document)" } else { "" }
+                        if exclude {
+                            " (one of them the evaluated document)"
+                        } else {
+                            ""
+                        }
                     ));
                 }
                 let drawn = self.rng.sample(pool.len(), k);

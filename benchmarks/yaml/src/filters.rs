@@ -67,7 +67,11 @@ fn regex_select(
         return Ok(fallback.to_string());
     }
     let n = matches.len() as i64;
-    let i = if group_select < 0 { n + group_select } else { group_select };
+    let i = if group_select < 0 {
+        n + group_select
+    } else {
+        group_select
+    };
     if !(0..n).contains(&i) {
         return Err(format!(
             "group_select {group_select} is out of range: {n} match(es) in {text:?}"
@@ -100,14 +104,28 @@ mod tests {
     fn regex_follows_findall() {
         let text = "so 12 then #### 34 , and #### 5 ";
         // One group: the group; group_select indexes the matches, negative from the end.
-        assert_eq!(apply(&pipe(vec![re(r"#### (\d+)", 0)]), text).unwrap(), "34");
-        assert_eq!(apply(&pipe(vec![re(r"#### (\d+)", -1)]), text).unwrap(), "5");
+        assert_eq!(
+            apply(&pipe(vec![re(r"#### (\d+)", 0)]), text).unwrap(),
+            "34"
+        );
+        assert_eq!(
+            apply(&pipe(vec![re(r"#### (\d+)", -1)]), text).unwrap(),
+            "5"
+        );
         // No group: the whole match, stripped.
-        assert_eq!(apply(&pipe(vec![re(r"#### \d+ ", 1)]), text).unwrap(), "#### 5");
+        assert_eq!(
+            apply(&pipe(vec![re(r"#### \d+ ", 1)]), text).unwrap(),
+            "#### 5"
+        );
         // Two groups: the first non-empty one of the tuple.
         assert_eq!(apply(&pipe(vec![re(r"(x)|(\d+)", 0)]), text).unwrap(), "12");
-        assert_eq!(apply(&pipe(vec![re(r"nothing", 0)]), text).unwrap(), "[invalid]");
-        assert!(apply(&pipe(vec![re(r"#### (\d+)", 2)]), text).unwrap_err().contains("out of range"));
+        assert_eq!(
+            apply(&pipe(vec![re(r"nothing", 0)]), text).unwrap(),
+            "[invalid]"
+        );
+        assert!(apply(&pipe(vec![re(r"#### (\d+)", 2)]), text)
+            .unwrap_err()
+            .contains("out of range"));
         let map = FilterStep::Map {
             mapping: BTreeMap::from([("YES".to_string(), "yes".to_string())]),
             default: None,
@@ -115,6 +133,9 @@ mod tests {
         let p = pipe(vec![FilterStep::Uppercase, map, FilterStep::TakeFirst]);
         assert_eq!(apply(&p, "Yes").unwrap(), "yes");
         assert!(apply(&p, "no").unwrap_err().contains("no default_value"));
-        assert_eq!(apply(&pipe(vec![FilterStep::Lowercase]), "ÀB").unwrap(), "àb");
+        assert_eq!(
+            apply(&pipe(vec![FilterStep::Lowercase]), "ÀB").unwrap(),
+            "àb"
+        );
     }
 }

@@ -132,7 +132,10 @@ mod tests {
         };
         let scores = [item(-6.0, 2, 10), item(-2.0, 2, 6)];
         let corpus = [
-            ("word_perplexity,none".to_string(), MetricKind::WordPerplexity),
+            (
+                "word_perplexity,none".to_string(),
+                MetricKind::WordPerplexity,
+            ),
             ("bits_per_byte,none".to_string(), MetricKind::BitsPerByte),
             ("perplexity,none".to_string(), MetricKind::Perplexity),
         ];

@@ -129,9 +129,10 @@ fn convert(path: &Path, n: MarkedYamlOwned) -> Result<Node> {
             }
             Value::Map(out)
         }
-        YamlDataOwned::Tagged(tag, inner) => {
-            Value::Tagged(format!("{}{}", tag.handle, tag.suffix), Box::new(convert(path, *inner)?))
-        }
+        YamlDataOwned::Tagged(tag, inner) => Value::Tagged(
+            format!("{}{}", tag.handle, tag.suffix),
+            Box::new(convert(path, *inner)?),
+        ),
         YamlDataOwned::Alias(_) => {
             return Err(YamlError::file(
                 path,
@@ -140,7 +141,11 @@ fn convert(path: &Path, n: MarkedYamlOwned) -> Result<Node> {
             ))
         }
         YamlDataOwned::BadValue => {
-            return Err(YamlError::file(path, Some(origin.line), "a value YAML cannot read"))
+            return Err(YamlError::file(
+                path,
+                Some(origin.line),
+                "a value YAML cannot read",
+            ))
         }
     };
     Ok(Node { origin, value })
@@ -161,11 +166,15 @@ mod tests {
         assert_eq!(m[0].0, "task");
         assert_eq!(m[0].1.origin.line, 1);
         assert_eq!(m[1].1.origin.line, 2);
-        let Value::Seq(items) = &m[1].1.value else { panic!() };
+        let Value::Seq(items) = &m[1].1.value else {
+            panic!()
+        };
         assert_eq!(items[0].origin.line, 3);
         assert!(matches!(&m[2].1.value, Value::Tagged(t, _) if t == "!function"));
         assert_eq!(m[2].1.origin.line, 4);
-        let e = parse(Path::new("t.yaml"), "a: [1\n").unwrap_err().to_string();
+        let e = parse(Path::new("t.yaml"), "a: [1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("t.yaml:"), "{e}");
     }
 }

@@ -30,7 +30,11 @@ pub fn float_repr(x: f64) -> String {
         } else if point as usize >= digits.len() {
             format!("{}{}.0", digits, "0".repeat(point as usize - digits.len()))
         } else {
-            format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+            format!(
+                "{}.{}",
+                &digits[..point as usize],
+                &digits[point as usize..]
+            )
         };
         format!("{sign}{s}")
     } else {
@@ -39,7 +43,11 @@ pub fn float_repr(x: f64) -> String {
         } else {
             digits
         };
-        format!("{sign}{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+        format!(
+            "{sign}{m}e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        )
     }
 }
 
@@ -62,7 +70,9 @@ pub fn str_repr(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c if !is_printable(c) => {
                 let n = c as u32;
                 if n <= 0xff {
@@ -143,7 +153,10 @@ pub fn literal_eval(text: &str) -> Result<Value, String> {
     let v = p.value()?;
     p.skip_ws();
     if p.i != p.s.len() {
-        return Err(format!("unexpected text after the literal at offset {}", p.i));
+        return Err(format!(
+            "unexpected text after the literal at offset {}",
+            p.i
+        ));
     }
     Ok(v)
 }
@@ -166,7 +179,9 @@ impl Parser<'_> {
             Some(b'[') => self.seq(b']'),
             Some(b'(') => self.seq(b')'),
             Some(b'\'' | b'"') => self.string().map(Value::String),
-            Some(c) if c.is_ascii_digit() || *c == b'-' || *c == b'+' || *c == b'.' => self.number(),
+            Some(c) if c.is_ascii_digit() || *c == b'-' || *c == b'+' || *c == b'.' => {
+                self.number()
+            }
             Some(_) => {
                 for (word, v) in [
                     ("True", Value::Bool(true)),
@@ -202,7 +217,12 @@ impl Parser<'_> {
             match self.s.get(self.i) {
                 Some(b',') => self.i += 1,
                 Some(c) if *c == close => {}
-                _ => return Err(format!("expected `,` or `{}` at offset {}", close as char, self.i)),
+                _ => {
+                    return Err(format!(
+                        "expected `,` or `{}` at offset {}",
+                        close as char, self.i
+                    ))
+                }
             }
         }
     }
@@ -234,11 +254,15 @@ impl Parser<'_> {
                                 'u' => 4,
                                 _ => 8,
                             };
-                            let hex: String = (0..len).filter_map(|_| chars.next().map(|(_, c)| c)).collect();
+                            let hex: String = (0..len)
+                                .filter_map(|_| chars.next().map(|(_, c)| c))
+                                .collect();
                             let code = u32::from_str_radix(&hex, 16)
                                 .ok()
                                 .and_then(char::from_u32)
-                                .ok_or_else(|| format!("bad escape \\{e}{hex} in a string literal"))?;
+                                .ok_or_else(|| {
+                                    format!("bad escape \\{e}{hex} in a string literal")
+                                })?;
                             out.push(code);
                         }
                         other => {
@@ -257,11 +281,17 @@ impl Parser<'_> {
     fn number(&mut self) -> Result<Value, String> {
         let start = self.i;
         while self.i < self.s.len()
-            && matches!(self.s[self.i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' | b'_')
+            && matches!(
+                self.s[self.i],
+                b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' | b'_'
+            )
         {
             self.i += 1;
         }
-        let t: String = self.text[start..self.i].chars().filter(|c| *c != '_').collect();
+        let t: String = self.text[start..self.i]
+            .chars()
+            .filter(|c| *c != '_')
+            .collect();
         if let Ok(i) = t.parse::<i64>() {
             return Ok(Value::from(i));
         }
@@ -298,7 +328,10 @@ mod tests {
 
     #[test]
     fn reprs_and_literals() {
-        assert_eq!(py_repr(&json!(["a", "it's", 1, 2.0, null, true])), r#"['a', "it's", 1, 2.0, None, True]"#);
+        assert_eq!(
+            py_repr(&json!(["a", "it's", 1, 2.0, null, true])),
+            r#"['a', "it's", 1, 2.0, None, True]"#
+        );
         assert_eq!(str_repr("a'b\"c\n"), r#"'a\'b"c\n'"#);
         assert_eq!(py_str(&json!("x")), "x");
         let v = literal_eval(r#"['a', "it's", 'x\'y', 3, -1.5, None, ('t',)]"#).unwrap();

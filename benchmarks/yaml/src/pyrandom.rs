@@ -30,7 +30,10 @@ impl PyRandom {
 
     /// `_randbelow_with_getrandbits(n)` for n ≥ 1.
     fn randbelow(&mut self, n: usize) -> usize {
-        assert!(n >= 1 && n <= u32::MAX as usize, "population size out of range");
+        assert!(
+            n >= 1 && n <= u32::MAX as usize,
+            "population size out of range"
+        );
         let k = usize::BITS - n.leading_zeros();
         loop {
             let r = self.getrandbits(k) as usize;

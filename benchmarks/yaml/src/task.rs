@@ -56,7 +56,11 @@ impl YamlTask {
         let mut out = Vec::new();
         for f in &self.config.filters {
             for m in &self.config.metrics {
-                out.push((format!("{},{}", m.kind.name(), f.name), m.kind, m.higher_is_better));
+                out.push((
+                    format!("{},{}", m.kind.name(), f.name),
+                    m.kind,
+                    m.higher_is_better,
+                ));
             }
         }
         out
@@ -68,7 +72,11 @@ impl YamlTask {
             .metric_names()
             .into_iter()
             .map(|(name, kind, higher_is_better)| MetricSpec {
-                help: format!("lm-eval's {} ({} aggregation)", kind.name(), kind.aggregation()),
+                help: format!(
+                    "lm-eval's {} ({} aggregation)",
+                    kind.name(),
+                    kind.aggregation()
+                ),
                 name,
                 higher_is_better,
             })
@@ -76,7 +84,11 @@ impl YamlTask {
         Description {
             name: c.task.clone(),
             version: c.version.clone(),
-            summary: format!("lm-eval YAML task ({}, {})", c.output_type.name(), c.file.display()),
+            summary: format!(
+                "lm-eval YAML task ({}, {})",
+                c.output_type.name(),
+                c.file.display()
+            ),
             // The ABI's output types name what the harness must do: log-likelihood tasks need
             // nothing beyond what multiple-choice ones do (no sandbox).
             output_type: match c.output_type {
@@ -113,7 +125,9 @@ impl YamlTask {
             message,
         };
         if let Some(k) = options.flags.keys().next() {
-            return Err(task_err(format!("unknown option {k:?} (YAML tasks have none)")));
+            return Err(task_err(format!(
+                "unknown option {k:?} (YAML tasks have none)"
+            )));
         }
         let mut splits: BTreeMap<&str, Vec<Doc>> = BTreeMap::new();
         let mut data_files = Vec::new();
@@ -133,7 +147,11 @@ impl YamlTask {
             }
             data_files.extend(files.iter().cloned());
             let docs = data::read_split(c.dataset.format, files).map_err(task_err)?;
-            let (key, _) = c.dataset.splits.get_key_value(name).expect("checked at config");
+            let (key, _) = c
+                .dataset
+                .splits
+                .get_key_value(name)
+                .expect("checked at config");
             splits.insert(key.as_str(), docs);
             Ok(())
         };
@@ -171,7 +189,11 @@ impl YamlTask {
             message,
         };
         let empty = Vec::new();
-        let pool = if num_fewshot > 0 { &splits[fewshot_split] } else { &empty };
+        let pool = if num_fewshot > 0 {
+            &splits[fewshot_split]
+        } else {
+            &empty
+        };
         // lm-eval excludes the evaluated document only when the few-shot split is the test split.
         let mut picker = ShotPicker::new(c.sampler, pool, c.fewshot_split == c.test_split, seed);
         let limit = options.limit.unwrap_or(usize::MAX);
@@ -189,7 +211,8 @@ impl YamlTask {
                 let choices = self.choices(&renderer, shot).map_err(e)?;
                 let target = self.target(&renderer, shot).map_err(e)?;
                 // lm-eval's `build_qa_turn`: an empty answer adds neither delimiter.
-                let answer = shot_answer(&target, has_choices.then_some(&choices[..])).map_err(e)?;
+                let answer =
+                    shot_answer(&target, has_choices.then_some(&choices[..])).map_err(e)?;
                 context.push_str(&text);
                 if let Some(a) = answer {
                     context.push_str(&c.target_delimiter);
@@ -215,10 +238,13 @@ impl YamlTask {
                     dtm_bench_common::mc::requests(&context, &plan.choices, &c.target_delimiter)
                 }
                 OutputType::GenerateUntil => {
-                    gold_texts(&plan.target, has_choices.then_some(&plan.choices[..])).map_err(e)?;
+                    gold_texts(&plan.target, has_choices.then_some(&plan.choices[..]))
+                        .map_err(e)?;
                     let max = options
                         .max_new_tokens
-                        .map_or(c.generation.max_gen_toks, |cap| cap.min(c.generation.max_gen_toks));
+                        .map_or(c.generation.max_gen_toks, |cap| {
+                            cap.min(c.generation.max_gen_toks)
+                        });
                     vec![Request::GenerateUntil {
                         context,
                         until: c.generation.until.clone(),
@@ -290,18 +316,28 @@ impl YamlTask {
 
 /// The answer written after a shot (lm-eval's `build_qa_turn`): the indexed choice, the first of
 /// a list, or the text; `None` for an empty answer.
-fn shot_answer(t: &Target, choices: Option<&[String]>) -> std::result::Result<Option<String>, String> {
+fn shot_answer(
+    t: &Target,
+    choices: Option<&[String]>,
+) -> std::result::Result<Option<String>, String> {
     let a = match (t, choices) {
         (Target::Index(i), Some(c)) => c
             .get(*i)
             .cloned()
             .ok_or_else(|| format!("target index {i} is out of range for {} choices", c.len()))?,
         (Target::Index(i), None) => {
-            return Err(format!("the target is the integer {i}, but there are no choices to index"))
+            return Err(format!(
+                "the target is the integer {i}, but there are no choices to index"
+            ))
         }
         (Target::List(v), _) => match v.first() {
             Some(serde_json::Value::String(s)) => s.clone(),
-            Some(other) => return Err(format!("the first target {} is not a string", py_repr(other))),
+            Some(other) => {
+                return Err(format!(
+                    "the first target {} is not a string",
+                    py_repr(other)
+                ))
+            }
             None => return Err("the target is an empty list".into()),
         },
         (Target::Text(s), _) => s.clone(),
@@ -315,7 +351,10 @@ fn gold_indices(t: &Target, choices: &[String]) -> std::result::Result<Vec<usize
         if i < choices.len() {
             Ok(i)
         } else {
-            Err(format!("target index {i} is out of range for {} choices", choices.len()))
+            Err(format!(
+                "target index {i} is out of range for {} choices",
+                choices.len()
+            ))
         }
     };
     match t {
@@ -365,7 +404,9 @@ fn ll(responses: &[Response], i: usize) -> std::result::Result<(f64, bool), Stri
     match responses.get(i) {
         Some(Response::Loglikelihood { logprob, is_greedy }) => Ok((*logprob, *is_greedy)),
         Some(Response::Rolling { logprob }) => Ok((*logprob, false)),
-        other => Err(format!("response {i}: expected a log-likelihood, got {other:?}")),
+        other => Err(format!(
+            "response {i}: expected a log-likelihood, got {other:?}"
+        )),
     }
 }
 
@@ -383,7 +424,11 @@ impl LoadedYamlTask {
         &self.data_files
     }
 
-    pub fn score(&self, doc_id: usize, responses: &[Response]) -> std::result::Result<ItemScore, String> {
+    pub fn score(
+        &self,
+        doc_id: usize,
+        responses: &[Response],
+    ) -> std::result::Result<ItemScore, String> {
         let c = &self.config;
         let plan = self
             .plans
@@ -401,11 +446,17 @@ impl LoadedYamlTask {
                 if responses.len() != n {
                     return Err(format!("expected {n} responses, got {}", responses.len()));
                 }
-                let lls: Vec<(f64, bool)> = (0..n).map(|i| ll(responses, i)).collect::<std::result::Result<_, _>>()?;
+                let lls: Vec<(f64, bool)> = (0..n)
+                    .map(|i| ll(responses, i))
+                    .collect::<std::result::Result<_, _>>()?;
                 let values: Vec<f64> = lls.iter().map(|x| x.0).collect();
                 let (pred, pred_norm) = dtm_bench_common::mc::predictions(&values, &plan.choices);
                 let gold = gold_indices(&plan.target, &plan.choices)?;
-                s.gold = gold.iter().map(|&g| plan.choices[g].clone()).collect::<Vec<_>>().join(" | ");
+                s.gold = gold
+                    .iter()
+                    .map(|&g| plan.choices[g].clone())
+                    .collect::<Vec<_>>()
+                    .join(" | ");
                 for m in &c.metrics {
                     let v = match m.kind {
                         MetricKind::Acc => gold.contains(&pred),
@@ -416,11 +467,15 @@ impl LoadedYamlTask {
                     s.metrics.insert(name(m.kind, "none"), Some(v as u8 as f64));
                 }
                 s.extracted.insert("acc".into(), plan.choices[pred].clone());
-                s.extracted.insert("acc_norm".into(), plan.choices[pred_norm].clone());
+                s.extracted
+                    .insert("acc_norm".into(), plan.choices[pred_norm].clone());
             }
             OutputType::GenerateUntil => {
                 let text = dtm_bench_common::text_response(responses, 0)?;
-                let golds = gold_texts(&plan.target, c.doc_to_choice.is_some().then_some(&plan.choices[..]))?;
+                let golds = gold_texts(
+                    &plan.target,
+                    c.doc_to_choice.is_some().then_some(&plan.choices[..]),
+                )?;
                 s.gold = golds.join(" | ");
                 for f in &c.filters {
                     let answer = filters::apply(f, text)?;
@@ -443,12 +498,16 @@ impl LoadedYamlTask {
                     };
                     s.metrics.insert(name(m.kind, "none"), Some(v));
                 }
-                s.extracted.insert(LOGLIKELIHOOD.into(), logprob.to_string());
+                s.extracted
+                    .insert(LOGLIKELIHOOD.into(), logprob.to_string());
             }
             OutputType::LoglikelihoodRolling => {
                 let (logprob, _) = ll(responses, 0)?;
                 // lm-eval: words are `re.split(r"\s+", text)` pieces, bytes UTF-8 bytes.
-                let words = regex::Regex::new(r"\s+").expect("valid").split(&plan.text).count();
+                let words = regex::Regex::new(r"\s+")
+                    .expect("valid")
+                    .split(&plan.text)
+                    .count();
                 let bytes = plan.text.len();
                 s.gold = String::new();
                 for m in &c.metrics {
@@ -459,7 +518,8 @@ impl LoadedYamlTask {
                     };
                     s.metrics.insert(name(m.kind, "none"), Some(v));
                 }
-                s.extracted.insert(LOGLIKELIHOOD.into(), logprob.to_string());
+                s.extracted
+                    .insert(LOGLIKELIHOOD.into(), logprob.to_string());
                 s.extracted.insert(WORDS.into(), words.to_string());
                 s.extracted.insert(BYTES.into(), bytes.to_string());
             }

@@ -54,7 +54,10 @@ fn json_to_jinja(v: &Value) -> JValue {
 fn jinja_repr(v: &JValue) -> Result<String, JError> {
     Ok(match v.kind() {
         ValueKind::Undefined => {
-            return Err(JError::new(ErrorKind::UndefinedError, "undefined value printed"))
+            return Err(JError::new(
+                ErrorKind::UndefinedError,
+                "undefined value printed",
+            ))
         }
         ValueKind::None => "None".into(),
         ValueKind::Bool => if v.is_true() { "True" } else { "False" }.into(),
@@ -144,12 +147,22 @@ fn python_replacement(repl: &str) -> String {
 }
 
 /// lm-eval's custom Jinja filter: `re.sub(pattern, repl, string, count)`.
-fn regex_replace(s: String, pattern: String, repl: String, count: Option<usize>) -> Result<String, JError> {
+fn regex_replace(
+    s: String,
+    pattern: String,
+    repl: String,
+    count: Option<usize>,
+) -> Result<String, JError> {
     let re = regex::Regex::new(&pattern).map_err(|e| {
-        JError::new(ErrorKind::InvalidOperation, format!("regex_replace: bad pattern {pattern:?}: {e}"))
+        JError::new(
+            ErrorKind::InvalidOperation,
+            format!("regex_replace: bad pattern {pattern:?}: {e}"),
+        )
     })?;
     let repl = python_replacement(&repl);
-    Ok(re.replacen(&s, count.unwrap_or(0), repl.as_str()).into_owned())
+    Ok(re
+        .replacen(&s, count.unwrap_or(0), repl.as_str())
+        .into_owned())
 }
 
 impl Renderer {
@@ -187,7 +200,12 @@ impl Renderer {
                 .collect::<std::collections::BTreeMap<_, _>>(),
         );
         self.env.render_str(&t.source, ctx).map_err(|e| {
-            let mut msg = format!("{} ({}:{}): {e}", t.field, t.origin.file.display(), t.origin.line);
+            let mut msg = format!(
+                "{} ({}:{}): {e}",
+                t.field,
+                t.origin.file.display(),
+                t.origin.line
+            );
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
                 msg.push_str(&format!(": {s}"));
@@ -230,7 +248,12 @@ impl Renderer {
 
     /// `doc_to_target` with lm-eval's reading of the result: a field keeps its type; a rendered
     /// integer indexes the choices (when there are choices); a rendered list literal is a list.
-    pub fn target(&self, spec: &TargetSpec, doc: &Doc, has_choices: bool) -> Result<Target, String> {
+    pub fn target(
+        &self,
+        spec: &TargetSpec,
+        doc: &Doc,
+        has_choices: bool,
+    ) -> Result<Target, String> {
         let t = match spec {
             TargetSpec::Index(i) => return Ok(Target::Index(*i)),
             TargetSpec::List(v) => return Ok(Target::List(v.clone())),
@@ -238,7 +261,9 @@ impl Renderer {
         };
         if self.is_field(t) {
             return Ok(match doc.get(&t.source).unwrap_or(&Value::Null) {
-                Value::Number(n) if n.as_u64().is_some() => Target::Index(n.as_u64().unwrap_or(0) as usize),
+                Value::Number(n) if n.as_u64().is_some() => {
+                    Target::Index(n.as_u64().unwrap_or(0) as usize)
+                }
                 // Python's bool is an int.
                 Value::Bool(b) => Target::Index(*b as usize),
                 Value::Array(v) => Target::List(v.clone()),
@@ -276,13 +301,19 @@ impl Renderer {
             })?
         };
         let Value::Array(items) = value else {
-            return Err(format!("doc_to_choice gives {}, not a list", py_repr(&value)));
+            return Err(format!(
+                "doc_to_choice gives {}, not a list",
+                py_repr(&value)
+            ));
         };
         items
             .into_iter()
             .map(|c| match c {
                 Value::String(s) => Ok(s),
-                other => Err(format!("doc_to_choice: choice {} is not a string", py_repr(&other))),
+                other => Err(format!(
+                    "doc_to_choice: choice {} is not a string",
+                    py_repr(&other)
+                )),
             })
             .collect()
     }
@@ -309,15 +340,30 @@ mod tests {
 
     #[test]
     fn fields_templates_and_python_printing() {
-        let d = doc(json!({"q": "What?", "n": 2, "x": 1.0, "opts": ["a", "it's"], "flag": true, "label": "1"}));
+        let d = doc(
+            json!({"q": "What?", "n": 2, "x": 1.0, "opts": ["a", "it's"], "flag": true, "label": "1"}),
+        );
         let r = Renderer::new(d.keys().cloned().collect());
         assert_eq!(r.text(&t("q"), &d, false).unwrap(), "What?");
-        for (src, want) in [("{{q}}", "What?"), ("{{n}}", "2"), ("{{x}}", "1.0"), ("{{flag}}", "True"), ("{{opts}}", "['a', \"it's\"]"), ("{{none_of_it is defined}}", "False"), ("{{ q ~ '\\n' }}\n", "What?\n\n"), ("{{ q + '!' }}", "What?!")] {
+        for (src, want) in [
+            ("{{q}}", "What?"),
+            ("{{n}}", "2"),
+            ("{{x}}", "1.0"),
+            ("{{flag}}", "True"),
+            ("{{opts}}", "['a', \"it's\"]"),
+            ("{{none_of_it is defined}}", "False"),
+            ("{{ q ~ '\\n' }}\n", "What?\n\n"),
+            ("{{ q + '!' }}", "What?!"),
+        ] {
             assert_eq!(r.render(&t(src), &d), Ok(want.to_string()), "{src}");
         }
         // Python string methods and lm-eval's regex_replace filter.
         assert_eq!(
-            r.render(&t("{{ q.lower().strip('?') }}|{{ q | regex_replace('(W)hat', '\\\\1ho') }}"), &d).unwrap(),
+            r.render(
+                &t("{{ q.lower().strip('?') }}|{{ q | regex_replace('(W)hat', '\\\\1ho') }}"),
+                &d
+            )
+            .unwrap(),
             "what|Who?"
         );
         // Strict: an unknown name is an error naming the field, file and line.
@@ -325,18 +371,42 @@ mod tests {
         assert!(e.starts_with("doc_to_text (t.yaml:3)"), "{e}");
         // Targets: a rendered integer indexes the choices only when there are choices.
         let tt = |s: &str| TargetSpec::Template(t(s));
-        assert_eq!(r.target(&tt("{{label}}"), &d, true).unwrap(), Target::Index(1));
-        assert_eq!(r.target(&tt("{{label}}"), &d, false).unwrap(), Target::Text("1".into()));
-        assert_eq!(r.target(&tt("label"), &d, true).unwrap(), Target::Text("1".into()));
+        assert_eq!(
+            r.target(&tt("{{label}}"), &d, true).unwrap(),
+            Target::Index(1)
+        );
+        assert_eq!(
+            r.target(&tt("{{label}}"), &d, false).unwrap(),
+            Target::Text("1".into())
+        );
+        assert_eq!(
+            r.target(&tt("label"), &d, true).unwrap(),
+            Target::Text("1".into())
+        );
         assert_eq!(r.target(&tt("n"), &d, false).unwrap(), Target::Index(2));
-        assert_eq!(r.target(&tt("{{opts}}"), &d, false).unwrap(), Target::List(vec![json!("a"), json!("it's")]));
-        assert_eq!(r.target(&tt("[not a list"), &d, false).unwrap(), Target::Text("[not a list".into()));
+        assert_eq!(
+            r.target(&tt("{{opts}}"), &d, false).unwrap(),
+            Target::List(vec![json!("a"), json!("it's")])
+        );
+        assert_eq!(
+            r.target(&tt("[not a list"), &d, false).unwrap(),
+            Target::Text("[not a list".into())
+        );
         // Choices: a field, a rendered list literal, a constant list.
         let ct = |s: &str| ChoiceSpec::Template(t(s));
         assert_eq!(r.choices(&ct("opts"), &d).unwrap(), vec!["a", "it's"]);
         assert_eq!(r.choices(&ct("{{opts}}"), &d).unwrap(), vec!["a", "it's"]);
-        assert_eq!(r.choices(&ct("{{[q, 'no']}}"), &d).unwrap(), vec!["What?", "no"]);
-        assert!(r.choices(&ct("{{q}}"), &d).unwrap_err().contains("not a list literal"));
-        assert!(r.text(&t("{{n}}"), &d, true).unwrap_err().contains("multiple-input"));
+        assert_eq!(
+            r.choices(&ct("{{[q, 'no']}}"), &d).unwrap(),
+            vec!["What?", "no"]
+        );
+        assert!(r
+            .choices(&ct("{{q}}"), &d)
+            .unwrap_err()
+            .contains("not a list literal"));
+        assert!(r
+            .text(&t("{{n}}"), &d, true)
+            .unwrap_err()
+            .contains("multiple-input"));
     }
 }
