@@ -1017,19 +1017,20 @@ fn filter_step(n: &Node) -> Result<FilterStep> {
         ));
     };
     let function = string(f, "filter_list.filter.function")?;
-    let allowed: &[&str] =
-        match function.as_str() {
-            "regex" => &["regex_pattern", "group_select", "fallback"],
-            "take_first" | "lowercase" | "uppercase" => &[],
-            "map" => &["mapping_dict", "default_value"],
-            other => return Err(YamlError::field(
+    let allowed: &[&str] = match function.as_str() {
+        "regex" => &["regex_pattern", "group_select", "fallback"],
+        "take_first" | "lowercase" | "uppercase" => &[],
+        "map" => &["mapping_dict", "default_value"],
+        other => {
+            return Err(YamlError::field(
                 &f.origin,
                 "filter_list.filter.function",
                 format!(
                     "{other:?} is not supported (regex, take_first, lowercase, uppercase, map are)"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let arg = |name: &str| m.iter().find(|(k, _)| k == name).map(|(_, v)| v);
     for (k, v) in m {
         if k != "function" && !allowed.contains(&k.as_str()) {

@@ -223,10 +223,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.jsonl");
         std::fs::write(&p, "{\"a\": 1}\n\n{\"a\": 2.5, \"b\": \"x\"}\n").unwrap();
-        let docs = read_split(DataFormat::Json, &[p.clone()]).unwrap();
+        let docs = read_split(DataFormat::Json, std::slice::from_ref(&p)).unwrap();
         assert_eq!(Value::Object(docs[0].clone()), json!({"a": 1.0, "b": null}));
         std::fs::write(&p, "{\"a\": 1}\n{\"a\": oops}\n").unwrap();
-        let e = read_split(DataFormat::Json, &[p.clone()]).unwrap_err();
+        let e = read_split(DataFormat::Json, std::slice::from_ref(&p)).unwrap_err();
         assert!(e.contains("d.jsonl:2: malformed record"), "{e}");
         std::fs::write(&p, "[{\"a\": 1}, {\"a\": 2}]").unwrap();
         assert_eq!(read_split(DataFormat::Json, &[p]).unwrap().len(), 2);

@@ -77,6 +77,15 @@ impl PyRandom {
 #[cfg(test)]
 mod tests {
     use super::*;
+    const EXPECTED_1234: [&[usize]; 5] = [
+        &[7, 1, 0],
+        &[1, 0, 9],
+        &[12, 98, 45, 30, 2, 3],
+        &[0, 2, 3, 1, 4],
+        &[152, 93],
+    ];
+    const EXPECTED_0: [usize; 4] = [24, 48, 26, 2];
+    const EXPECTED_BIG: [usize; 3] = [4, 5, 6];
 
     /// Made once with CPython 3 (`/work/venv`):
     /// `r = random.Random(1234); [r.sample(range(n), k) for n, k in [(10, 3), (10, 3), (100, 6), (5, 5), (1000, 2)]]`
@@ -93,16 +102,3 @@ mod tests {
         assert_eq!(PyRandom::new((1 << 40) + 7).sample(7, 3), EXPECTED_BIG);
     }
 }
-
-#[cfg(test)]
-const EXPECTED_1234: [&[usize]; 5] = [
-    &[7, 1, 0],
-    &[1, 0, 9],
-    &[12, 98, 45, 30, 2, 3],
-    &[0, 2, 3, 1, 4],
-    &[152, 93],
-];
-#[cfg(test)]
-const EXPECTED_0: [usize; 4] = [24, 48, 26, 2];
-#[cfg(test)]
-const EXPECTED_BIG: [usize; 3] = [4, 5, 6];

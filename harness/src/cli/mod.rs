@@ -33,7 +33,7 @@ enum Command {
     /// greedy generation.
     Bench(bench::BenchArgs),
     /// Score a model on benchmarks; writes results.json, samples.jsonl, results.csv, results.md.
-    Score(score::ScoreArgs),
+    Score(Box<score::ScoreArgs>),
     /// List the benchmark plugins found, with version, item count on the data present, and metrics.
     List(score::ListArgs),
     /// Run a Python file in the sandbox and print the outcome as JSON.
@@ -83,7 +83,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Loglikelihood(a) => debug::loglikelihood(a),
         Command::Generate(a) => debug::generate(a),
         Command::Bench(a) => bench::run(a),
-        Command::Score(a) => score::score(a),
+        Command::Score(a) => score::score(*a),
         Command::List(a) => score::list(a),
         Command::Exec(a) => exec::run(a),
     }
