@@ -221,14 +221,24 @@ fn a_third_party_plugin_builds_alone_and_scores() {
         std::env::consts::DLL_SUFFIX
     ));
     let out = tempfile::tempdir().unwrap();
+    // The template's own data folder for its task, the shared one for the rest.
+    let data = format!("tiny_qa={}", template.join("data").display());
     let o = score(
         &tiny_model("qwen2"),
         out.path(),
-        &["--plugin", plugin.to_str().unwrap(), "--tasks", "tiny_qa"],
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--data-dir",
+            &data,
+            "--tasks",
+            "tiny_qa",
+        ],
     );
     ok(&o);
     let results = read_json(&out.path().join("results.json"));
     assert_eq!(results["tasks"]["tiny_qa"]["n_items"], 5);
+    assert!(results["tasks"]["tiny_qa"]["data_files"]["tiny_qa/questions.jsonl"].is_string());
     assert!(results["tasks"]["tiny_qa"]["metrics"]["acc"]["value"].is_number());
 }
 

@@ -2,7 +2,7 @@
 
 use crate::{Benchmark, Envelope, Item, ItemCall, LoadCall, LoadOptions, Request, TaskInfo};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -71,41 +71,7 @@ pub fn validate_options(
     d: &crate::Description,
     o: &LoadOptions,
 ) -> Result<BTreeMap<String, String>, String> {
-    if let Some(n) = o.num_fewshot {
-        if n > d.max_num_fewshot {
-            return Err(format!(
-                "{}: num_fewshot {n} is more than the {} available shots",
-                d.name, d.max_num_fewshot
-            ));
-        }
-    }
-    let mut flags = BTreeMap::new();
-    for spec in &d.options {
-        flags.insert(spec.name.clone(), spec.values[0].clone());
-    }
-    for (k, v) in &o.flags {
-        let Some(spec) = d.options.iter().find(|s| &s.name == k) else {
-            let known: Vec<&str> = d.options.iter().map(|s| s.name.as_str()).collect();
-            return Err(format!(
-                "{}: unknown option {k:?} (known: {})",
-                d.name,
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ));
-        };
-        if !spec.values.contains(v) {
-            return Err(format!(
-                "{}: option {k}={v:?} not one of {}",
-                d.name,
-                spec.values.join(", ")
-            ));
-        }
-        flags.insert(k.clone(), v.clone());
-    }
-    Ok(flags)
+    crate::validate::options(d, o)
 }
 
 /// Keep the first `limit` items of each subtask (order preserved) and cap `max_new_tokens`.
@@ -156,12 +122,7 @@ pub unsafe fn load<B: Benchmark>(
         let bench = B::load(Path::new(&call.data_dir), &options)?;
         let data_files = crate::take_data_files(Path::new(&call.data_dir));
         let items = apply_limit_and_cap(bench.items(), options.limit, options.max_new_tokens);
-        let mut ids = HashSet::new();
-        for it in &items {
-            if !ids.insert(it.doc_id) {
-                return Err(format!("{}: duplicate doc_id {}", d.name, it.doc_id));
-            }
-        }
+        crate::validate::items(&d, &items)?;
         let info = TaskInfo {
             name: d.name.clone(),
             num_fewshot: options.num_fewshot.unwrap_or(d.default_num_fewshot),
@@ -211,7 +172,12 @@ pub unsafe fn score<B: Benchmark>(t: *const c_void, call: *const c_char) -> *mut
         let t = task::<B>(t)?;
         let call: ItemCall = serde_json::from_str(read_str(call, "score call")?)
             .map_err(|e| format!("score call: malformed JSON: {e}"))?;
-        t.bench.score(call.doc_id, &call.responses, &call.outcomes)
+        let s = t
+            .bench
+            .score(call.doc_id, &call.responses, &call.outcomes)?;
+        // JSON has no NaN or infinity (they would arrive as null, "unavailable"): refuse here.
+        crate::validate::finite_metrics(&B::describe().name, &s)?;
+        Ok(s)
     })
 }
 

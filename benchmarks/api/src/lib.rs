@@ -11,14 +11,28 @@
 mod aggregate;
 pub mod host;
 mod types;
+pub mod validate;
 
 #[doc(hidden)]
 pub mod __private;
 
 pub use types::*;
 
-/// Bumped on every incompatible change of the functions or of the JSON types.
-pub const ABI_VERSION: u32 = 1;
+/// Bumped on every incompatible change of the functions or of the JSON types: it is this crate's
+/// major version (`Cargo.toml`), so the crate version and the ABI cannot drift apart.
+pub const ABI_VERSION: u32 = parse_u32(env!("CARGO_PKG_VERSION_MAJOR"));
+
+const fn parse_u32(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut n = 0u32;
+    let mut i = 0;
+    while i < b.len() {
+        assert!(b[i].is_ascii_digit(), "major version is a number");
+        n = n * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    n
+}
 
 thread_local! {
     static DATA_FILES: std::cell::RefCell<Vec<std::path::PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };

@@ -34,6 +34,15 @@ pub fn doc<T>(docs: &[T], doc_id: usize) -> Result<&T, String> {
 
 #[cfg(test)]
 mod tests {
+    /// The helpers are released with the API they wrap: same version, whose major is the ABI.
+    #[test]
+    fn versioned_with_the_abi() {
+        assert_eq!(
+            env!("CARGO_PKG_VERSION_MAJOR").parse::<u32>().unwrap(),
+            crate::api::ABI_VERSION
+        );
+    }
+
     #[test]
     fn py_strip_matches_python() {
         assert_eq!(super::py_strip(" \t\u{1f}a b\u{a0}\n"), "a b");

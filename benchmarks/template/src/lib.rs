@@ -4,15 +4,15 @@
 //! Prompt: `Question: {question}\nAnswer:`; one log-likelihood request per choice
 //! (continuation ` {choice}`); metrics `acc` and `acc_norm` (per-character, Unicode code points).
 //!
-//! Data: `<data_dir>/tiny_qa/questions.jsonl` when it exists, else the copy built into the
-//! plugin from `data/questions.jsonl`.
+//! Data: `<data_dir>/tiny_qa/questions.jsonl` (this folder's `data/` is such a data folder:
+//! `harness score --data-dir tiny_qa=data …`). A missing file is an error, never a fallback: a
+//! wrong `--data-dir` must not score other data.
 
 use dtm_plugin_api::*;
 use serde::Deserialize;
 use std::path::Path;
 
 pub const NAME: &str = "tiny_qa";
-const BUILT_IN: &str = include_str!("../data/questions.jsonl");
 
 #[derive(Deserialize)]
 pub struct Question {
@@ -78,14 +78,11 @@ impl Benchmark for TinyQa {
 
     fn load(data_dir: &Path, _options: &LoadOptions) -> PluginResult<Self> {
         let path = data_dir.join("tiny_qa/questions.jsonl");
-        let questions = if path.is_file() {
-            // Recorded so that the harness lists the file and its hash with the results.
-            dtm_plugin_api::record_data_file(&path);
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            parse(&path.display().to_string(), &text)?
-        } else {
-            parse("built-in data/questions.jsonl", BUILT_IN)?
-        };
+        // Recorded so that the harness lists the file and its hash with the results.
+        dtm_plugin_api::record_data_file(&path);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: {e} (is --data-dir right?)", path.display()))?;
+        let questions = parse(&path.display().to_string(), &text)?;
         Ok(TinyQa { questions })
     }
 

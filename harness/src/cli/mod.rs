@@ -34,7 +34,7 @@ enum Command {
     /// greedy generation.
     Bench(bench::BenchArgs),
     /// Score a model on benchmarks; writes results.json, samples.jsonl, results.csv, results.md.
-    Score(score::ScoreArgs),
+    Score(Box<score::ScoreArgs>),
     /// Put `harness score` runs side by side: Table 1 with paired confidence intervals and
     /// tests against a baseline (Holm-corrected), and the paper's figures as SVG.
     Report(report::ReportArgs),
@@ -87,7 +87,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Loglikelihood(a) => debug::loglikelihood(a),
         Command::Generate(a) => debug::generate(a),
         Command::Bench(a) => bench::run(a),
-        Command::Score(a) => score::score(a),
+        Command::Score(a) => score::score(*a),
         Command::Report(a) => report::run(a),
         Command::List(a) => score::list(a),
         Command::Exec(a) => exec::run(a),

@@ -1,4 +1,5 @@
-//! `harness score` and `harness list`: benchmark plugins run against a model.
+//! `harness score` and `harness list`: benchmarks (compiled plugins and lm-eval task YAML files)
+//! run against a model.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,14 +13,15 @@ use serde_json::json;
 use dtm_harness::checkpoint;
 use dtm_harness::engine::Engine;
 use dtm_harness::evaluate::report::{self, TaskReport};
+use dtm_harness::evaluate::source::{LoadedTask, TaskSource};
 use dtm_harness::evaluate::store::RunStore;
 use dtm_harness::evaluate::{plugins, run_task, ProgramRunner, Progress, SandboxRunner, TaskJob};
-use dtm_plugin_api::host::Plugin;
-use dtm_plugin_api::{LoadOptions, OutputType};
+use dtm_plugin_api::{validate, LoadOptions, OutputType};
+use dtm_yaml_tasks::DEFAULT_FEWSHOT_SEED;
 
 use super::ModelArgs;
 
-/// Where plugins come from; shared by `score` and `list`.
+/// Where benchmarks come from and where their data is; shared by `score` and `list`.
 #[derive(Args, Debug, Clone)]
 pub struct PluginArgs {
     /// A plugin library to load in addition to the built-in ones (repeatable).
@@ -28,40 +30,83 @@ pub struct PluginArgs {
     /// A folder whose plugin libraries are loaded too (repeatable).
     #[arg(long = "plugin-dir")]
     plugin_dirs: Vec<PathBuf>,
-    /// Benchmark data (default: $DTM_DATA_DIR, else ../shared/data).
+    /// A folder of lm-eval task YAML files (`*.yaml`, searched recursively, lm-eval's
+    /// --include_path): each `task:` becomes a benchmark, `tag:` names a set of them (repeatable).
+    #[arg(long = "include-path")]
+    include_paths: Vec<PathBuf>,
+    /// Let a --plugin, --plugin-dir or --include-path benchmark replace the built-in plugin of
+    /// the same name (with a warning); without it, that is an error.
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    allow_shadowing: bool,
+    /// Benchmark data: `DIR` for every task (default: $DTM_DATA_DIR, else ../shared/data), or
+    /// `NAME=DIR` for task NAME only (repeatable). YAML tasks read the files they name.
+    #[arg(long = "data-dir", value_name = "[NAME=]DIR")]
+    data_dirs: Vec<String>,
+}
+
+/// The data folders: one for every task, and per-task ones.
+struct DataDirs {
+    default: PathBuf,
+    per_task: BTreeMap<String, PathBuf>,
+}
+
+impl DataDirs {
+    fn of(&self, task: &str) -> &Path {
+        self.per_task.get(task).unwrap_or(&self.default)
+    }
 }
 
 impl PluginArgs {
-    fn open(&self) -> Result<Vec<Plugin>> {
+    fn open(&self) -> Result<Vec<Box<dyn TaskSource>>> {
         let exe_dir = plugins::exe_dir();
         let candidates = plugins::candidates(exe_dir.as_deref(), &self.plugin_dirs, &self.plugins)?;
-        let found = plugins::open_all(&candidates, &self.plugins, &mut |w| {
-            eprintln!("warning: {w}")
-        })?;
-        if found.is_empty() {
+        let mut warn = |w: String| eprintln!("warning: {w}");
+        let found = plugins::open_all(&candidates, &self.plugins, &mut warn)?;
+        let yaml = dtm_yaml_tasks::discover(&self.include_paths)?;
+        let sources = plugins::sources(
+            found,
+            exe_dir.as_deref(),
+            yaml,
+            self.allow_shadowing,
+            &mut warn,
+        )?;
+        if sources.is_empty() {
             bail!(
-                "no benchmark plugins found next to the harness binary ({}) or in --plugin-dir; build them with `cargo build --workspace --release`",
+                "no benchmark plugins found next to the harness binary ({}) or in --plugin-dir, and no task files in --include-path; build the plugins with `cargo build --workspace --release`",
                 exe_dir.map_or("unknown".into(), |d| d.display().to_string())
             );
         }
-        Ok(found)
+        Ok(sources)
     }
 
-    fn data_dir(&self) -> Result<PathBuf> {
-        let dir = self
-            .data_dir
-            .clone()
+    /// `--data-dir` values: at most one `DIR`, any number of `NAME=DIR` (whose folders must exist).
+    fn data_dirs(&self) -> Result<DataDirs> {
+        let mut default = None;
+        let mut per_task = BTreeMap::new();
+        for v in &self.data_dirs {
+            match v.split_once('=') {
+                Some((name, dir))
+                    if !name.is_empty() && !name.contains(['/', '\\']) && !dir.is_empty() =>
+                {
+                    let dir = PathBuf::from(dir);
+                    if !dir.is_dir() {
+                        bail!("--data-dir {v}: {} is not a folder", dir.display());
+                    }
+                    if per_task.insert(name.to_owned(), dir).is_some() {
+                        bail!("--data-dir: two folders for `{name}`");
+                    }
+                }
+                _ => {
+                    if default.replace(PathBuf::from(v)).is_some() {
+                        bail!("--data-dir: more than one folder for every task; name the task of the others with NAME=DIR");
+                    }
+                }
+            }
+        }
+        let default = default
             .or_else(|| std::env::var_os("DTM_DATA_DIR").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("../shared/data"));
-        if !dir.is_dir() {
-            bail!(
-                "{}: benchmark data folder not found; pass --data-dir or set DTM_DATA_DIR",
-                dir.display()
-            );
-        }
-        Ok(dir)
+        Ok(DataDirs { default, per_task })
     }
 }
 
@@ -71,23 +116,43 @@ pub struct ListArgs {
     plugins: PluginArgs,
 }
 
-/// `harness list`: each plugin's name, version, item count on the data present, and metrics.
+/// `harness list`: every benchmark with its version, kind, item count on the data present (when
+/// there is data), options and metrics. Needs no data folder.
 pub fn list(args: ListArgs) -> Result<()> {
-    let data_dir = args.plugins.data_dir()?;
-    println!("{:<16} {:<8} {:>7}  metrics", "task", "version", "items");
-    for plugin in args.plugins.open()? {
-        let d = plugin.describe();
-        let items = match plugin.load(&data_dir, &LoadOptions::default()) {
-            Ok(task) => task.info().num_items.to_string(),
-            Err(e) => format!("no data ({e})"),
+    let dirs = args.plugins.data_dirs()?;
+    println!(
+        "{:<16} {:<8} {:<16} {:>7}  metrics; options (first value = default)",
+        "task", "version", "kind", "items"
+    );
+    for source in args.plugins.open()? {
+        let d = source.describe();
+        let data_dir = dirs.of(&d.name);
+        let items = if source.uses_data_dir() && !data_dir.is_dir() {
+            "no data".to_string()
+        } else {
+            match source.load(data_dir, &LoadOptions::default(), DEFAULT_FEWSHOT_SEED) {
+                Ok(task) => task.info().num_items.to_string(),
+                Err(e) => format!("no data ({e:#})"),
+            }
         };
         let metrics: Vec<&str> = d.metrics.iter().map(|m| m.name.as_str()).collect();
+        let options: Vec<String> = d
+            .options
+            .iter()
+            .map(|o| format!("{}={}", o.name, o.values.join("|")))
+            .collect();
         println!(
-            "{:<16} {:<8} {:>7}  {}",
+            "{:<16} {:<8} {:<16} {:>7}  {}{}",
             d.name,
             d.version,
+            source.kind().name(),
             items,
-            metrics.join(", ")
+            metrics.join(", "),
+            if options.is_empty() {
+                String::new()
+            } else {
+                format!("; options: {}", options.join(" "))
+            }
         );
     }
     Ok(())
@@ -118,8 +183,9 @@ pub struct ScoreArgs {
     /// A plugin option, `task.name=value` (repeatable; `harness list` and each plugin's docs name them).
     #[arg(long = "option")]
     options: Vec<String>,
-    /// Recorded with the results. Decoding is greedy, so no number depends on it.
-    #[arg(long, default_value_t = 1234)]
+    /// Seeds the default few-shot sampler of YAML tasks (lm-eval's `random.Random(seed)`, 1234 by
+    /// default as in lm-eval); recorded with the results. Decoding is greedy.
+    #[arg(long, default_value_t = DEFAULT_FEWSHOT_SEED)]
     seed: u64,
     /// Items answered per engine call (and saved per chunk).
     #[arg(long, default_value_t = 64)]
@@ -172,48 +238,156 @@ fn parse_options(options: &[String]) -> Result<BTreeMap<String, BTreeMap<String,
     Ok(out)
 }
 
-/// sha256 of each file a task read, relative to the data folder.
-fn data_hashes(data_dir: &Path, files: &[String]) -> Result<BTreeMap<String, String>> {
+/// sha256 of each file a task read, by the name the task reports.
+fn data_hashes(files: &[(String, PathBuf)]) -> Result<BTreeMap<String, String>> {
     files
         .iter()
-        .map(|f| Ok((f.clone(), checkpoint::sha256_file(&data_dir.join(f))?)))
+        .map(|(name, path)| Ok((name.clone(), checkpoint::sha256_file(path)?)))
         .collect()
 }
 
-pub fn score(args: ScoreArgs) -> Result<()> {
-    let started = Instant::now();
-    let data_dir = args.plugins.data_dir()?;
-    let plugins = args.plugins.open()?;
-    let by_name = |name: &str| plugins.iter().find(|p| p.describe().name == name);
+/// `--tasks` resolved: (benchmark, subtask) pairs; a YAML `tag:` names every task carrying it.
+fn resolve_tasks(
+    tasks: &[String],
+    sources: &[Box<dyn TaskSource>],
+) -> Result<Vec<(String, Option<String>)>> {
+    let by_name = |name: &str| sources.iter().find(|p| p.describe().name == name);
     let mut specs: Vec<(String, Option<String>)> = Vec::new();
-    for t in &args.tasks {
+    let mut push = |spec: (String, Option<String>)| {
+        if !specs.contains(&spec) {
+            specs.push(spec);
+        }
+    };
+    for t in tasks {
         if t == "all" {
-            specs.extend(plugins.iter().map(|p| (p.describe().name.clone(), None)));
+            for p in sources {
+                push((p.describe().name.clone(), None));
+            }
             continue;
         }
         let (task, sub) = match t.split_once(':') {
             Some((task, _)) => (task, Some(t.clone())),
             None => (t.as_str(), None),
         };
-        let Some(plugin) = by_name(task) else {
-            let known: Vec<&str> = plugins.iter().map(|p| p.describe().name.as_str()).collect();
-            bail!(
-                "unknown task `{task}` (plugins found: {})",
-                known.join(", ")
-            );
+        let Some(source) = by_name(task) else {
+            let tagged: Vec<&Box<dyn TaskSource>> = sources
+                .iter()
+                .filter(|s| sub.is_none() && s.tags().iter().any(|g| g == task))
+                .collect();
+            if tagged.is_empty() {
+                let known: Vec<&str> = sources.iter().map(|p| p.describe().name.as_str()).collect();
+                bail!(
+                    "unknown task `{task}` (benchmarks found: {})",
+                    known.join(", ")
+                );
+            }
+            for s in tagged {
+                push((s.describe().name.clone(), None));
+            }
+            continue;
         };
         if let Some(sub) = &sub {
-            if !plugin.describe().subtasks.contains(sub) {
+            if !source.describe().subtasks.contains(sub) {
                 bail!("`{task}` has no subtask `{sub}`; `harness list` names the tasks, the plugin's description its subtasks");
             }
         }
-        specs.push((task.to_owned(), sub));
+        push((task.to_owned(), sub));
     }
+    Ok(specs)
+}
+
+/// A task ready to run: its source, loaded task and selected items.
+struct Prepared<'a> {
+    name: String,
+    source: &'a dyn TaskSource,
+    task: Box<dyn LoadedTask>,
+    items: Vec<dtm_plugin_api::Item>,
+}
+
+pub fn score(args: ScoreArgs) -> Result<()> {
+    let started = Instant::now();
+    let sources = args.plugins.open()?;
+    let by_name = |name: &str| {
+        sources
+            .iter()
+            .find(|p| p.describe().name == name)
+            .map(|b| b.as_ref())
+    };
+    let specs = resolve_tasks(&args.tasks, &sources)?;
     let options = parse_options(&args.options)?;
     for task in options.keys() {
         if !specs.iter().any(|(t, _)| t == task) {
             bail!("--option for `{task}`, which is not among --tasks");
         }
+    }
+    let dirs = args.plugins.data_dirs()?;
+    for task in dirs.per_task.keys() {
+        if !specs.iter().any(|(t, _)| t == task) {
+            bail!("--data-dir for `{task}`, which is not among --tasks");
+        }
+    }
+    let load_options = |task: &str| LoadOptions {
+        num_fewshot: args.num_fewshot,
+        limit: args.limit,
+        max_new_tokens: args.max_new_tokens,
+        flags: options.get(task).cloned().unwrap_or_default(),
+    };
+    // A plugin whose description contradicts itself fails its task (recorded, the others go
+    // on); options and data folders are checked before the model loads: a typo costs no model
+    // load.
+    let mut errors: BTreeMap<String, String> = BTreeMap::new();
+    for (task, sub) in &specs {
+        let source = by_name(task).expect("resolved");
+        if let Err(e) = validate::description(source.describe()) {
+            let e = format!("{e} ({})", source.path().display());
+            eprintln!("error: {e}");
+            errors.insert(sub.clone().unwrap_or_else(|| task.clone()), e);
+            continue;
+        }
+        source.check_options(&load_options(task))?;
+        let dir = dirs.of(task);
+        if source.uses_data_dir() && !dir.is_dir() {
+            bail!(
+                "{}: benchmark data folder of `{task}` not found; pass --data-dir [{task}=]DIR or set DTM_DATA_DIR",
+                dir.display()
+            );
+        }
+    }
+
+    // Every task's data is read and its items built before the model loads; a task that fails
+    // here is reported and the others go on.
+    let mut prepared: Vec<Prepared> = Vec::new();
+    for (task, sub) in &specs {
+        let source = by_name(task).expect("resolved");
+        let name = sub.clone().unwrap_or_else(|| task.clone());
+        if errors.contains_key(&name) {
+            continue;
+        }
+        let loaded = source
+            .load(dirs.of(task), &load_options(task), args.seed)
+            .and_then(|t| {
+                let items = t.items()?;
+                validate::items(source.describe(), &items).map_err(anyhow::Error::msg)?;
+                Ok((items, t))
+            });
+        match loaded {
+            Ok((items, task)) => prepared.push(Prepared {
+                items: items
+                    .into_iter()
+                    .filter(|i| sub.as_ref().is_none_or(|s| &i.subtask == s))
+                    .collect(),
+                name,
+                source,
+                task,
+            }),
+            Err(e) => {
+                eprintln!("error: {name}: {e:#}");
+                errors.insert(name, format!("{e:#}"));
+            }
+        }
+    }
+    if prepared.is_empty() {
+        bail!("every task failed before scoring (see the errors above)");
     }
 
     eprintln!("loading {}", args.model.model.display());
@@ -224,7 +398,8 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         "model_sha256": model_hash,
         "dtype": format!("{:?}", args.model.dtype).to_lowercase(),
         "max_length": args.model.max_length,
-        "data_dir": data_dir.display().to_string(),
+        "data_dir": dirs.default.display().to_string(),
+        "task_data_dirs": dirs.per_task,
         "limit": args.limit,
         "num_fewshot": args.num_fewshot,
         "max_new_tokens": args.max_new_tokens,
@@ -247,9 +422,9 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     ));
 
     let needs_sandbox = !args.no_exec
-        && specs
+        && prepared
             .iter()
-            .any(|(t, _)| by_name(t).is_some_and(|p| p.describe().output_type == OutputType::Code));
+            .any(|p| p.source.describe().output_type == OutputType::Code);
     let runner = if needs_sandbox {
         let sandbox = dtm_sandbox::Sandbox::new(dtm_sandbox::SandboxConfig::default()).context(
             "code benchmarks need the sandbox (or pass --no-exec to report pass@1 as unavailable)",
@@ -269,35 +444,14 @@ pub fn score(args: ScoreArgs) -> Result<()> {
 
     let mut reports = Vec::new();
     let mut all_samples = Vec::new();
-    for (task, sub) in &specs {
-        let plugin = by_name(task).expect("checked above");
-        let description = plugin.describe();
-        let load = LoadOptions {
-            num_fewshot: args.num_fewshot,
-            limit: args.limit,
-            max_new_tokens: args.max_new_tokens,
-            flags: options.get(task).cloned().unwrap_or_default(),
-        };
-        let name = sub.clone().unwrap_or_else(|| task.clone());
-        let loaded = plugin
-            .load(&data_dir, &load)
-            .and_then(|t| Ok((t.items()?, t)));
-        let (items, loaded) = match loaded {
-            Ok(x) => x,
-            Err(e) => {
-                // One broken plugin fails its task; the others go on.
-                eprintln!("error: {name}: {e}");
-                continue;
-            }
-        };
-        let items: Vec<_> = items
-            .into_iter()
-            .filter(|i| sub.as_ref().is_none_or(|s| &i.subtask == s))
-            .collect();
+    for p in &prepared {
+        let description = p.source.describe();
+        let name = &p.name;
         let job = TaskJob {
-            task: &loaded,
-            name: &name,
-            items: &items,
+            task: p.task.as_ref(),
+            description,
+            name,
+            items: &p.items,
             code: description.output_type == OutputType::Code,
             timeout_s: args.timeout.or(description.program_timeout_s),
         };
@@ -306,16 +460,17 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             Ok(run) => run,
             Err(e) => {
                 eprintln!("error: {name}: {e:#}");
+                errors.insert(name.clone(), format!("{e:#}"));
                 continue;
             }
         };
-        let hashes = data_hashes(&data_dir, &loaded.info().data_files)?;
+        let hashes = data_hashes(&p.task.data_files())?;
         let report = TaskReport::new(
-            &name,
-            description,
-            plugin.path(),
-            loaded.info().clone(),
+            name,
+            p.source,
+            p.task.info().clone(),
             &run,
+            &|scores| p.task.aggregate(scores),
             hashes,
         );
         let headline = report
@@ -340,7 +495,8 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         "options": {
             "tasks": args.tasks, "limit": args.limit, "num_fewshot": args.num_fewshot, "max_new_tokens": args.max_new_tokens,
             "options": options, "batch_size": args.model.batch_size, "seed": args.seed, "dtype": fingerprint["dtype"],
-            "device": format!("{:?}", args.model.device).to_lowercase(), "data_dir": data_dir.display().to_string(),
+            "device": format!("{:?}", args.model.device).to_lowercase(), "data_dir": dirs.default.display().to_string(),
+            "task_data_dirs": dirs.per_task,
         },
     });
     let samples: Vec<&[_]> = all_samples.iter().map(Vec::as_slice).collect();
@@ -348,6 +504,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         &args.output,
         header,
         &reports,
+        &errors,
         &samples,
         started.elapsed().as_secs_f64(),
     )?;
@@ -355,10 +512,10 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         "wrote {}/results.json, samples.jsonl, results.csv, results.md",
         args.output.display()
     );
-    if reports.len() < specs.len() {
+    if !errors.is_empty() {
         bail!(
-            "{} of {} tasks failed (see the errors above)",
-            specs.len() - reports.len(),
+            "{} of {} tasks failed (see the errors above; results.json lists them under \"errors\")",
+            errors.len(),
             specs.len()
         );
     }

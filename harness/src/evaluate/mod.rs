@@ -6,6 +6,7 @@
 
 pub mod plugins;
 pub mod report;
+pub mod source;
 pub mod store;
 
 use std::time::Instant;
@@ -13,10 +14,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use dtm_plugin_api::host::Task;
-use dtm_plugin_api::{Item, ItemScore, Outcome, Request, Response};
+use dtm_plugin_api::{validate, Description, Item, ItemScore, Outcome, Request, Response};
 
 use crate::engine::{Engine, GenerateRequest, LoglikelihoodRequest, Stats};
+use source::LoadedTask;
 use store::{RunStore, Sample};
 
 /// Runs model-written programs (the sandbox); absent, code benchmarks report "unavailable".
@@ -52,9 +53,11 @@ impl ProgramRunner for SandboxRunner {
     }
 }
 
-/// One task to score: the loaded plugin task and the items selected from it.
+/// One task to score: the loaded task and the items selected from it.
 pub struct TaskJob<'a> {
-    pub task: &'a Task,
+    pub task: &'a dyn LoadedTask,
+    /// What the task says about itself: every score is checked against it.
+    pub description: &'a Description,
     /// `gsm8k`, or `mmlu:anatomy` when one subtask was asked for.
     pub name: &'a str,
     pub items: &'a [Item],
@@ -218,6 +221,10 @@ fn score_item(
     outcomes: Vec<Outcome>,
 ) -> Result<Sample> {
     let (task, task_name) = (job.task, job.name);
+    let score = task
+        .score(item.doc_id, &responses, &outcomes)
+        .with_context(|| format!("{task_name}: doc {}: scoring", item.doc_id))?;
+    validate::item_score(job.description, item, &score).map_err(anyhow::Error::msg)?;
     let ItemScore {
         doc_id,
         subtask,
@@ -225,9 +232,7 @@ fn score_item(
         extracted,
         gold,
         groups,
-    } = task
-        .score(item.doc_id, &responses, &outcomes)
-        .with_context(|| format!("{task_name}: doc {}: scoring", item.doc_id))?;
+    } = score;
     Ok(Sample {
         task: task_name.to_owned(),
         doc_id,

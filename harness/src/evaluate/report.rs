@@ -7,9 +7,10 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use dtm_plugin_api::host::{aggregate, Aggregate, MetricSummary};
+use dtm_plugin_api::host::{Aggregate, MetricSummary};
 use dtm_plugin_api::{Description, TaskInfo};
 
+use super::source::TaskSource;
 use super::store::{write_atomic, Sample};
 use super::TaskRun;
 use crate::engine::Stats;
@@ -40,14 +41,16 @@ fn table(t: &BTreeMap<String, MetricSummary>) -> BTreeMap<String, Value> {
 }
 
 impl TaskReport {
+    /// `aggregate` turns the item scores into the reported tables (the task's own aggregation).
     pub fn new(
         task: &str,
-        description: &Description,
-        plugin_path: &Path,
+        source: &dyn TaskSource,
         info: TaskInfo,
         run: &TaskRun,
+        aggregate: &dyn Fn(&[dtm_plugin_api::ItemScore]) -> Aggregate,
         data_files: BTreeMap<String, String>,
     ) -> Self {
+        let description: &Description = source.describe();
         let scores: Vec<_> = run.samples.iter().map(Sample::score).collect();
         let Aggregate {
             overall,
@@ -56,7 +59,7 @@ impl TaskReport {
         } = aggregate(&scores);
         TaskReport {
             task: task.to_owned(),
-            plugin: json!({"name": description.name, "version": description.version, "path": plugin_path.display().to_string()}),
+            plugin: json!({"name": description.name, "version": description.version, "path": source.path().display().to_string(), "kind": source.kind().name()}),
             protocol: info,
             headline_metric: description.headline_metric.clone(),
             n_items: run.samples.len(),
@@ -85,10 +88,13 @@ impl TaskReport {
 }
 
 /// Writes results.json, results.csv, results.md and samples.jsonl into `dir`, each atomically.
+/// `errors`: the tasks that failed (loading, answering or scoring), with why; recorded in
+/// results.json under `errors`.
 pub fn write_all(
     dir: &Path,
     header: Value,
     reports: &[TaskReport],
+    errors: &BTreeMap<String, String>,
     samples: &[&[Sample]],
     wall_seconds: f64,
 ) -> Result<()> {
@@ -99,6 +105,7 @@ pub fn write_all(
             .map(|r| (r.task.clone(), r))
             .collect::<BTreeMap<_, _>>(),
     )?;
+    results["errors"] = serde_json::to_value(errors)?;
     results["wall_seconds"] = json!(wall_seconds);
     write_atomic(
         &dir.join("results.json"),
