@@ -131,7 +131,8 @@ impl Projection {
         let flat = input.flatten_to(dims.len() - 2)?;
         let flat = flat.reshape(((), dims[dims.len() - 1]))?;
         let down = flat.matmul(&lora.a.t()?)?;
-        let up = (down.matmul(&lora.b.t()?)? * lora.scale)?;
+        // Scaling the small B rather than the [tokens, out] product keeps one activation less.
+        let up = down.matmul(&(&lora.b * lora.scale)?.t()?)?;
         let mut out_shape = dims;
         let last = out_shape.len() - 1;
         out_shape[last] = lora.b.dim(0)?;
