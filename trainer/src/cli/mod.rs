@@ -1,6 +1,7 @@
 //! The `trainer` command line: one subcommand per file.
 
 mod data;
+mod export;
 
 use clap::{Parser, Subcommand};
 
@@ -23,10 +24,13 @@ enum Command {
     /// Instruction data: build mixtures from the shared corpora.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Merge a LoRA adapter into its base model and write a Hugging Face folder.
+    Export(export::ExportArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(cmd) => data::run(cmd),
+        Command::Export(args) => export::run(args),
     }
 }
