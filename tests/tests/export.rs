@@ -171,6 +171,89 @@ fn an_adapter_applied_at_load_equals_the_exported_merged_folder() {
     }
 }
 
+/// `loglikelihood` and `generate` output of a model, as text to compare.
+fn loglikelihoods(model: &Path, adapter: Option<&Path>, requests: &Path) -> Vec<f64> {
+    let mut args = vec![
+        "loglikelihood",
+        "--model",
+        path(model),
+        "--requests",
+        path(requests),
+    ];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", path(a)]);
+    }
+    ok(&run(&harness_bin(), &args))
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["logprob"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn greedy_ids(model: &Path, adapter: Option<&Path>) -> Value {
+    let mut args = vec![
+        "generate",
+        "--model",
+        path(model),
+        "--text",
+        TEXTS[0],
+        "--max-new-tokens",
+        "12",
+    ];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", path(a)]);
+    }
+    serde_json::from_str::<Value>(&ok(&run(&harness_bin(), &args))).unwrap()["ids"].clone()
+}
+
+#[test]
+fn loglikelihood_and_generate_apply_the_adapter_too() {
+    let base = tiny_model("llama");
+    let adapter = fixture_adapter();
+    let dir = tempfile::tempdir().unwrap();
+    let merged = dir.path().join("merged");
+    ok(&run(
+        &trainer_bin(),
+        &[
+            "export",
+            "--model",
+            path(&base),
+            "--adapter",
+            path(&adapter),
+            "--output",
+            path(&merged),
+        ],
+    ));
+    let requests = dir.path().join("requests.jsonl");
+    std::fs::write(
+        &requests,
+        concat!(
+            r#"{"context": "The capital of France is", "continuation": " Paris"}"#,
+            "\n",
+            r#"{"context": "def add(a, b):", "continuation": "\n    return a + b"}"#,
+            "\n",
+            r#"{"context": "12 + 7 =", "continuation": " 19"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let attached = loglikelihoods(&base, Some(&adapter), &requests);
+    assert_eq!(attached.len(), 3);
+    assert!(max_diff(&attached, &loglikelihoods(&merged, None, &requests)) <= 1e-4);
+    assert!(max_diff(&attached, &loglikelihoods(&base, None, &requests)) > 1e-2);
+    let ids = greedy_ids(&base, Some(&adapter));
+    assert_eq!(ids.as_array().unwrap().len(), 12);
+    assert_eq!(ids, greedy_ids(&merged, None));
+    assert_ne!(
+        ids,
+        greedy_ids(&base, None),
+        "the adapter changes what is generated"
+    );
+}
+
 #[test]
 fn bf16_export_is_close_to_the_adapter_in_f32() {
     let base = tiny_model("llama");

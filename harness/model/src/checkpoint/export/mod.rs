@@ -134,7 +134,7 @@ pub fn export(
     if !source.exists() {
         return Err(LoadError::at(source, "no such file or directory").into());
     }
-    let (config, text_files, source_tensors, mut entries) = if source.is_dir() {
+    let (config, text_files, mut source_tensors, mut entries) = if source.is_dir() {
         open_hf(source, options.dtype)?
     } else {
         open_gguf(source, options.dtype)?
@@ -168,8 +168,8 @@ pub fn export(
         .map_err(|e| ExportError::write(parent, format!("cannot write: {e}")))?;
     let mut files = Vec::new();
     for (name, content) in &text_files {
-        let path = tmp.path().join(name);
-        std::fs::write(&path, content).map_err(|e| ExportError::write(&path, e))?;
+        std::fs::write(tmp.path().join(name), content)
+            .map_err(|e| ExportError::write(&output.join(name), e))?;
         files.push(name.clone());
     }
     let shards = weights::plan_shards(entries, options.max_shard_bytes);
@@ -190,7 +190,7 @@ pub fn export(
             total,
         });
         let path = tmp.path().join(&name);
-        weights::write_shard(&source_tensors, &merges, shard, &path).map_err(|e| {
+        weights::write_shard(&mut source_tensors, &merges, shard, &path).map_err(|e| {
             // A read error names the source; a write error names the temporary file, which is
             // about to vanish: name the output instead.
             if e.file == path.display().to_string() {
@@ -207,8 +207,8 @@ pub fn export(
     if total > 1 {
         let index = json!({"metadata": {"total_size": bytes}, "weight_map": weight_map});
         let name = "model.safetensors.index.json";
-        let path = tmp.path().join(name);
-        std::fs::write(&path, pretty(&index)).map_err(|e| ExportError::write(&path, e))?;
+        std::fs::write(tmp.path().join(name), pretty(&index))
+            .map_err(|e| ExportError::write(&output.join(name), e))?;
         files.push(name.to_owned());
     }
     if output.exists() {

@@ -136,7 +136,9 @@ impl Source {
         )
     }
 
-    fn get(&self, name: &str) -> Result<Tensor, LoadError> {
+    /// The tensor `name`; one held in memory is handed over, so that memory shrinks as shards
+    /// are written.
+    fn take(&mut self, name: &str) -> Result<Tensor, LoadError> {
         match self {
             Self::Mapped { files, file_of } => files.load(name, &Device::Cpu).map_err(|e| {
                 let file = file_of
@@ -145,8 +147,7 @@ impl Source {
                 LoadError::new(file, format!("tensor {name}: {}", first_line(&e)))
             }),
             Self::Loaded { tensors, file } => tensors
-                .get(name)
-                .cloned()
+                .remove(name)
                 .ok_or_else(|| LoadError::at(file, format!("no tensor {name}"))),
         }
     }
@@ -331,7 +332,7 @@ fn raw(t: &Tensor) -> candle_core::Result<Raw> {
 
 /// Reads, merges, casts and writes one shard to `path`.
 pub(super) fn write_shard(
-    source: &Source,
+    source: &mut Source,
     merges: &Merges,
     shard: &[Entry],
     path: &Path,
@@ -344,7 +345,7 @@ pub(super) fn write_shard(
         let t = if e.zeros {
             Tensor::zeros(e.shape.as_slice(), e.dtype, &Device::Cpu).map_err(wrap)?
         } else {
-            let t = source.get(&e.name)?;
+            let t = source.take(&e.name)?;
             merges
                 .apply(&e.name, t)
                 .and_then(|t| t.to_dtype(e.dtype))
