@@ -1,6 +1,7 @@
 //! Subcommands of `harness`.
 
 mod bench;
+mod convert;
 mod debug;
 mod exec;
 mod report;
@@ -42,6 +43,9 @@ enum Command {
     List(score::ListArgs),
     /// Run a Python file in the sandbox and print the outcome as JSON.
     Exec(exec::ExecArgs),
+    /// Write a checkpoint (HF folder or GGUF) as a Hugging Face folder: config.json, tokenizer
+    /// files, safetensors; optionally with a LoRA adapter merged in.
+    Convert(convert::ConvertArgs),
 }
 
 /// How to load and run a model; shared by every command that needs one.
@@ -50,6 +54,10 @@ pub struct ModelArgs {
     /// A Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json) or a .gguf file.
     #[arg(long)]
     model: PathBuf,
+    /// A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) applied on top
+    /// of --model at load, unmerged, as PEFT runs it.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceKind,
     /// Compute precision (weights are converted at load).
@@ -69,7 +77,12 @@ pub struct ModelArgs {
 impl ModelArgs {
     fn load(&self) -> Result<LoadedModel> {
         let device = device::device(self.device)?;
-        Ok(checkpoint::load(&self.model, self.dtype.dtype(), &device)?)
+        Ok(checkpoint::load_with_adapter(
+            &self.model,
+            self.adapter.as_deref(),
+            self.dtype.dtype(),
+            &device,
+        )?)
     }
 
     fn engine_options(&self) -> EngineOptions {
@@ -91,5 +104,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => report::run(a),
         Command::List(a) => score::list(a),
         Command::Exec(a) => exec::run(a),
+        Command::Convert(a) => convert::run(a),
     }
 }

@@ -393,7 +393,13 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     eprintln!("loading {}", args.model.model.display());
     let model = args.model.load()?;
     let model_hash = checkpoint::fingerprint(&args.model.model)?;
-    let fingerprint = json!({
+    let adapter = match &args.model.adapter {
+        Some(dir) => {
+            json!({"path": dir.display().to_string(), "sha256": checkpoint::fingerprint(dir)?})
+        }
+        None => serde_json::Value::Null,
+    };
+    let mut fingerprint = json!({
         "model": args.model.model.display().to_string(),
         "model_sha256": model_hash,
         "dtype": format!("{:?}", args.model.dtype).to_lowercase(),
@@ -409,6 +415,10 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         "program_timeout": args.timeout,
         "program_memory_mb": args.memory_mb,
     });
+    if !adapter.is_null() {
+        // Only then, so that runs without an adapter resume from folders written before.
+        fingerprint["adapter"] = adapter.clone();
+    }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("{}: cannot create", args.output.display()))?;
     let store = RunStore::open(&args.output, &fingerprint)?;
@@ -491,7 +501,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     }
     let header = json!({
         "harness_version": env!("CARGO_PKG_VERSION"),
-        "model": {"path": args.model.model.display().to_string(), "sha256": model_hash, "architecture": model.config().architecture.name()},
+        "model": {"path": args.model.model.display().to_string(), "sha256": model_hash, "architecture": model.config().architecture.name(), "adapter": adapter},
         "options": {
             "tasks": args.tasks, "limit": args.limit, "num_fewshot": args.num_fewshot, "max_new_tokens": args.max_new_tokens,
             "options": options, "batch_size": args.model.batch_size, "seed": args.seed, "dtype": fingerprint["dtype"],

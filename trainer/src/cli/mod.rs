@@ -3,6 +3,7 @@
 mod bench;
 mod data;
 mod sft;
+mod export;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,8 @@ enum Command {
     Sft(Box<sft::SftArgs>),
     /// Speed and peak memory of LoRA training steps on random token batches.
     Bench(bench::BenchArgs),
+    /// Merge a LoRA adapter into its base model and write a Hugging Face folder.
+    Export(export::ExportArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::Sft(args) => sft::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Export(args) => export::run(args),
     }
 }

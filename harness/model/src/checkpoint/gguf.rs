@@ -21,6 +21,10 @@ pub struct GgufFile {
     pub tokenizer: TextTokenizer,
     /// Dequantised float32 weights under transformers' names, on the CPU.
     pub tensors: HashMap<String, Tensor>,
+    /// `tokenizer.chat_template`, kept so that an exported folder chats like the original.
+    pub chat_template: Option<String>,
+    /// `tokenizer.ggml.padding_token_id`.
+    pub pad_token_id: Option<u32>,
 }
 
 pub(crate) struct Metadata<'a> {
@@ -125,10 +129,19 @@ pub fn open(path: &Path) -> Result<GgufFile, LoadError> {
             config.vocab_size
         )));
     }
+    let chat_template = meta
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+        .cloned();
+    let pad_token_id = meta
+        .opt_u64("tokenizer.ggml.padding_token_id")?
+        .map(|v| v as u32);
     Ok(GgufFile {
         config,
         tokenizer,
         tensors,
+        chat_template,
+        pad_token_id,
     })
 }
 

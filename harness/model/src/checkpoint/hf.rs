@@ -95,6 +95,12 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 /// Checks a safetensors file's header against its length, so that a truncated download is
 /// reported as such instead of failing deep inside the loader.
 pub fn check_safetensors(path: &Path) -> Result<(), LoadError> {
+    safetensors_header(path).map(|_| ())
+}
+
+/// The header of a safetensors file (tensor name → `{dtype, shape, data_offsets}`, plus
+/// `__metadata__`), after checking that the file holds all the data it declares.
+pub(crate) fn safetensors_header(path: &Path) -> Result<serde_json::Map<String, Value>, LoadError> {
     let err = |p: String| LoadError::at(path, p);
     let mut file = std::fs::File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
     let size = file
@@ -116,9 +122,10 @@ pub fn check_safetensors(path: &Path) -> Result<(), LoadError> {
         .map_err(|e| err(format!("cannot read header: {e}")))?;
     let header: Value = serde_json::from_slice(&header)
         .map_err(|e| err(format!("corrupt safetensors header: {e}")))?;
+    let Value::Object(header) = header else {
+        return Err(err("corrupt safetensors header: not an object".into()));
+    };
     let data_end = header
-        .as_object()
-        .ok_or_else(|| err("corrupt safetensors header: not an object".into()))?
         .iter()
         .filter(|(k, _)| *k != "__metadata__")
         .filter_map(|(_, v)| v.get("data_offsets")?.as_array()?.get(1)?.as_u64())
@@ -130,7 +137,7 @@ pub fn check_safetensors(path: &Path) -> Result<(), LoadError> {
             "truncated safetensors file: tensors need {data_end} bytes of data, file holds {available}"
         )));
     }
-    Ok(())
+    Ok(header)
 }
 
 /// A special token given as `"<s>"` or `{"content": "<s>", …}`.

@@ -1,5 +1,7 @@
-//! Opening checkpoints: a Hugging Face folder or a single GGUF file, into one [`LoadedModel`].
+//! Opening checkpoints: a Hugging Face folder or a single GGUF file, into one [`LoadedModel`];
+//! writing one back as a Hugging Face folder ([`export`]).
 
+pub mod export;
 pub mod gguf;
 mod gguf_tokenizer;
 pub mod hf;
@@ -75,8 +77,9 @@ pub fn load_with_adapter(
     let mut model = load(path, dtype, device)?;
     if let Some(dir) = adapter {
         let peft = PeftAdapter::load(dir, device)?;
+        // `attach` names the adapter's file by its name alone; give its full path.
         peft.attach(&mut model.decoder)
-            .map_err(|e| LoadError::at(dir, e.to_string()))?;
+            .map_err(|e| LoadError::at(&dir.join(&e.file), e.problem))?;
         model.adapter = Some(dir.to_owned());
     }
     Ok(model)
