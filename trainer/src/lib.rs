@@ -5,4 +5,6 @@
 //! compose (data, optimiser, schedules, checkpoints).
 
 pub mod data;
+pub mod disperse;
+pub mod embed;
 pub mod optim;

@@ -1,6 +1,8 @@
 //! The `trainer` command line: one subcommand per file.
 
 mod data;
+mod disperse;
+mod embed;
 
 use clap::{Parser, Subcommand};
 
@@ -23,10 +25,16 @@ enum Command {
     /// Instruction data: build mixtures from the shared corpora.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Split SFT data into K portions (random, or k-means on sentence embeddings).
+    Disperse(disperse::DisperseArgs),
+    /// Print a text's sentence embedding (the encoder `disperse --method kmeans` uses).
+    Embed(embed::EmbedArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(cmd) => data::run(cmd),
+        Command::Disperse(args) => disperse::run(args),
+        Command::Embed(args) => embed::run(args),
     }
 }
