@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Sets everything up on a fresh machine and runs the main job on a real model:
-#   1. fetches the pinned, hash-checked SmolLM2-135M-Instruct and WASI CPython into ~/.cache/dtm
+#   1. fetches the pinned, hash-checked SmolLM2-135M-Instruct, the all-MiniLM-L6-v2 sentence encoder
+#      and WASI CPython into ~/.cache/dtm
 #   2. builds the workspace in release (the harness binary and the benchmark plugins)
 #   3. runs the main job, briefly: SmolLM2 scored on five items of four benchmarks (runs/demo/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/fetch-models.sh smollm2
+scripts/fetch-models.sh minilm
 if [ -x scripts/fetch-python-wasm.sh ]; then scripts/fetch-python-wasm.sh; fi
 
 cargo build --workspace --release

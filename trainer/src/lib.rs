@@ -5,6 +5,8 @@
 //! compose (data, optimiser, schedules, checkpoints).
 
 pub mod data;
+pub mod disperse;
+pub mod embed;
 pub mod lora;
 pub mod loss;
 pub mod optim;

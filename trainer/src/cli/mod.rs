@@ -2,8 +2,10 @@
 
 mod bench;
 mod data;
-mod sft;
+mod disperse;
+mod embed;
 mod export;
+mod sft;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +34,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Merge a LoRA adapter into its base model and write a Hugging Face folder.
     Export(export::ExportArgs),
+    /// Split SFT data into K portions (random, or k-means on sentence embeddings).
+    Disperse(disperse::DisperseArgs),
+    /// Print a text's sentence embedding (the encoder `disperse --method kmeans` uses).
+    Embed(embed::EmbedArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -40,5 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sft(args) => sft::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::run(args),
+        Command::Disperse(args) => disperse::run(args),
+        Command::Embed(args) => embed::run(args),
     }
 }
