@@ -5,4 +5,5 @@
 //! compose (data, optimiser, schedules, checkpoints).
 
 pub mod data;
+pub mod merge;
 pub mod optim;

@@ -1,6 +1,7 @@
 //! The `trainer` command line: one subcommand per file.
 
 mod data;
+mod merge;
 
 use clap::{Parser, Subcommand};
 
@@ -23,10 +24,12 @@ enum Command {
     /// Instruction data: build mixtures from the shared corpora.
     #[command(subcommand)]
     Data(data::DataCommand),
+    Merge(merge::MergeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(cmd) => data::run(cmd),
+        Command::Merge(args) => merge::run(args),
     }
 }
