@@ -108,6 +108,19 @@ fn ties_trim_keeps_the_top_density_fraction_by_magnitude() {
     ties::trim(&mut d, 0.4, Rescale::None);
     close(&d, &[0.0, 0.0], 0.0);
 
+    // Equal magnitudes spread over many parallel chunks: still the first ones in index order.
+    // k = 150 000 of 300 000: the 100 000 twos, then the first 50 000 of the -1s.
+    let mut d: Vec<f32> = (0..300_000).map(|i| [2.0, -1.0, 0.5][i % 3]).collect();
+    ties::trim(&mut d, 0.5, Rescale::None);
+    for (i, x) in d.iter().enumerate() {
+        let want = match i % 3 {
+            0 => 2.0,
+            1 if i / 3 < 50_000 => -1.0,
+            _ => 0.0,
+        };
+        assert_eq!(*x, want, "entry {i}");
+    }
+
     // A larger tensor: exactly k survive, and they are the k largest.
     let mut d: Vec<f32> = (0..100_000)
         .map(|i| ((i * 7919) % 100_003) as f32 - 50_000.0)

@@ -51,23 +51,46 @@ pub fn trim(delta: &mut [f32], density: f64, rescale: Rescale) {
         keep_equal,
         equal,
     } = kth_largest_magnitude(delta, k);
-    let above_or_equal = |x: f32| magnitude_bits(x) >= bits;
-    delta.par_chunks_mut(CHUNK).for_each(|c| {
-        c.iter_mut()
-            .filter(|x| !above_or_equal(**x))
-            .for_each(|x| *x = 0.0)
-    });
-    // Entries equal to the threshold beyond the first `keep_equal` (in index order) go too.
-    if equal > keep_equal {
-        let mut equal_seen = 0usize;
-        for x in delta.iter_mut() {
-            if magnitude_bits(*x) == bits {
-                equal_seen += 1;
-                if equal_seen > keep_equal {
+    // Zero what lies below the threshold and count, per chunk, the entries equal to it ...
+    let equal_per_chunk: Vec<usize> = delta
+        .par_chunks_mut(CHUNK)
+        .map(|c| {
+            let mut equal = 0;
+            for x in c {
+                let m = magnitude_bits(*x);
+                equal += usize::from(m == bits);
+                if m < bits {
                     *x = 0.0;
                 }
             }
-        }
+            equal
+        })
+        .collect();
+    // ... then keep only the first `keep_equal` of those, in index order.
+    if equal > keep_equal {
+        let mut seen = 0;
+        let allowed: Vec<usize> = equal_per_chunk
+            .iter()
+            .map(|&n| {
+                let allow = keep_equal.saturating_sub(seen).min(n);
+                seen += n;
+                allow
+            })
+            .collect();
+        delta
+            .par_chunks_mut(CHUNK)
+            .zip(allowed.par_iter().zip(&equal_per_chunk))
+            .filter(|(_, (allow, n))| allow < n)
+            .for_each(|(c, (&allow, _))| {
+                let mut kept = 0;
+                for x in c.iter_mut().filter(|x| magnitude_bits(**x) == bits) {
+                    if kept < allow {
+                        kept += 1;
+                    } else {
+                        *x = 0.0;
+                    }
+                }
+            });
     }
     rescale.apply(before, delta, density);
 }
@@ -86,55 +109,56 @@ struct Threshold {
     equal: usize,
 }
 
-/// The k-th largest magnitude (1 ≤ k ≤ n) by a two-pass radix select on the high and low
-/// 16 bits of |x|: linear time and parallel, where a sort would be n log n.
+/// The k-th largest magnitude (1 ≤ k ≤ n) in linear time, where a sort would be n log n: a
+/// radix select over two parallel histograms, of the magnitudes' high 16 bits (sign-less
+/// exponent and top mantissa bits) and then of the low 16 bits of those in the bucket found.
 fn kth_largest_magnitude(x: &[f32], k: usize) -> Threshold {
-    let high = histogram(x, |b| Some((b >> 16) as usize));
+    let high = histogram(x, |b| (b >> 16, true));
     let (hi, above_hi) = descend(&high, k);
-    let low = histogram(x, |b| {
-        ((b >> 16) as usize == hi).then_some((b & 0xffff) as usize)
-    });
+    let hi = hi as u32;
+    let low = histogram(x, |b| (b & 0xffff, b >> 16 == hi));
     let (lo, above_lo) = descend(&low, k - above_hi);
-    let above = above_hi + above_lo;
     Threshold {
-        bits: ((hi as u32) << 16) | lo as u32,
-        keep_equal: k - above,
-        equal: low[lo],
+        bits: (hi << 16) | lo as u32,
+        keep_equal: k - above_hi - above_lo,
+        equal: low[lo] as usize,
     }
 }
 
 /// The bucket holding the k-th largest value, and how many values lie in higher buckets.
-fn descend(hist: &[usize], k: usize) -> (usize, usize) {
+fn descend(hist: &[u32], k: usize) -> (usize, usize) {
     let mut above = 0;
     for bucket in (0..hist.len()).rev() {
-        if above + hist[bucket] >= k {
+        let n = hist[bucket] as usize;
+        if above + n >= k {
             return (bucket, above);
         }
-        above += hist[bucket];
+        above += n;
     }
     unreachable!("k ≤ number of values")
 }
 
-fn histogram(x: &[f32], bucket: impl Fn(u32) -> Option<usize> + Sync) -> Vec<usize> {
+/// Counts of magnitudes by `bucket` (a 16-bit key, and whether to count the value at all;
+/// branch-free so that the loop stays tight).
+fn histogram(x: &[f32], bucket: impl Fn(u32) -> (u32, bool) + Sync) -> Vec<u32> {
     const BUCKETS: usize = 1 << 16;
     let per_task = x.len().div_ceil(rayon::current_num_threads()).max(CHUNK);
-    x.par_chunks(per_task)
+    let parts: Vec<Vec<u32>> = x
+        .par_chunks(per_task)
         .map(|c| {
-            let mut h = vec![0usize; BUCKETS];
+            let mut h = vec![0u32; BUCKETS];
             for v in c {
-                if let Some(b) = bucket(magnitude_bits(*v)) {
-                    h[b] += 1;
-                }
+                let (key, count) = bucket(magnitude_bits(*v));
+                h[key as usize & (BUCKETS - 1)] += u32::from(count);
             }
             h
         })
-        .reduce(
-            || vec![0usize; BUCKETS],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                a
-            },
-        )
+        .collect();
+    let mut total = vec![0u32; BUCKETS];
+    for part in parts {
+        total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+    }
+    total
 }
 
 /// `out` = θ₀ + TIES' sign election and disjoint mean of the task vectors (see the module docs).
@@ -159,20 +183,28 @@ pub fn consensus(
         let mut mixed = vec![0f32; o.len()];
         let mut divisor = vec![0f32; o.len()];
         for (d, &w) in deltas.iter().zip(&weights) {
-            for (j, x) in d[range.clone()].iter().enumerate() {
+            // Written without branches so that it vectorises.
+            for ((m, dv), (s, x)) in mixed
+                .iter_mut()
+                .zip(divisor.iter_mut())
+                .zip(sum.iter().zip(&d[range.clone()]))
+            {
                 let v = w * x;
-                let agrees = if sum[j] >= 0.0 { v > 0.0 } else { v < 0.0 };
-                if agrees {
-                    mixed[j] += v;
-                    divisor[j] += w;
-                }
+                let agrees = (*s >= 0.0 && v > 0.0) | (*s < 0.0 && v < 0.0);
+                *m += if agrees { v } else { 0.0 };
+                *dv += if agrees { w } else { 0.0 };
             }
         }
-        for (j, (o, b)) in o.iter_mut().zip(&base[range.clone()]).enumerate() {
-            let mut m = mixed[j];
-            if normalize {
-                m /= if divisor[j] == 0.0 { 1.0 } else { divisor[j] };
-            }
+        for ((o, b), (m, dv)) in o
+            .iter_mut()
+            .zip(&base[range.clone()])
+            .zip(mixed.iter().zip(&divisor))
+        {
+            let m = if normalize {
+                m / if *dv == 0.0 { 1.0 } else { *dv }
+            } else {
+                *m
+            };
             *o = b + m * lambda;
         }
     });
