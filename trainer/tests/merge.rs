@@ -546,10 +546,21 @@ fn pipeline_merges_each_tensor_as_computed_by_hand() {
     assert_eq!(report.skipped.len(), 1);
     close(&read_model(&out)[L0].1, &[2.0, 2.0, 3.0, 0.0], 1e-6);
 
-    // Config and tokenizer come from the base (the donor), and the report counts the bytes.
+    // Config and tokenizer come from the base, and the report counts the bytes.
     assert!(out.join("tokenizer.json").is_file() && out.join("config.json").is_file());
     assert_eq!(report.bytes_read, 2 * (4 + 4 + 2) * 4);
     assert!(report.peak_rss.unwrap() > 0);
+
+    // mergekit's tokenizer_source: the tokenizer from that model, config.json still the base's.
+    std::fs::write(m2.join("tokenizer.json"), r#"{"m2": true}"#).unwrap();
+    std::fs::write(m2.join("config.json"), r#"{"m2": true}"#).unwrap();
+    let out = dir.path().join("tokenizer-source");
+    let mut s = spec("ties", Some(&base), &[(&m1, 1.0), (&m2, 1.0)], &out);
+    s.tokenizer_source = Some(ModelRef::folder(&m2));
+    run(&s).unwrap();
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+    assert_eq!(read(out.join("tokenizer.json")), r#"{"m2": true}"#);
+    assert!(read(out.join("config.json")).contains("LlamaForCausalLM"));
 }
 
 #[test]
@@ -894,6 +905,26 @@ fn fisher_files_weight_each_entry_and_must_match_the_model() {
     close(&got[L1].1, &[-0.5, 0.5, 0.5, 0.0], 1e-6);
     close(&got[NORM].1, &[(1.0 + 3.0 * 1.5) / 4.0, 1.0], 1e-6);
 
+    // The same through the binary's --fisher.
+    let cli = dir.path().join("cli");
+    let file = |f: &Path| f.join("model.safetensors").to_str().unwrap().to_owned();
+    ok(&trainer(
+        &[
+            "merge",
+            "--method",
+            "fisher",
+            "--models",
+            m1.to_str().unwrap(),
+            m2.to_str().unwrap(),
+            "--fisher",
+            &format!("{},{}", file(&f1), file(&f2)),
+            "--output",
+            cli.to_str().unwrap(),
+        ],
+        dir.path(),
+    ));
+    assert_eq!(read_model(&cli), got);
+
     let wrong = dir.path().join("wrong");
     write_model(
         &wrong,
@@ -1007,7 +1038,23 @@ fn mergekit_configs_give_mergekits_results() {
 #[test]
 fn command_line_flags_give_mergekits_results() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str]); 3] = [
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "linear_bf16",
+            &[
+                "--method",
+                "linear",
+                "--models",
+                "m1",
+                "m2",
+                "--weights",
+                "0.25,0.25",
+                "--normalize",
+                "false",
+                "--dtype",
+                "bfloat16",
+            ],
+        ),
         (
             "linear",
             &[
@@ -1239,6 +1286,16 @@ fn bad_configs_are_reported_with_file_line_and_problem() {
     let err = merge_config(&c);
     assert!(
         err.contains("models[0]") && err.contains("nothing is downloaded"),
+        "{err}"
+    );
+
+    let c = write(
+        "union.yml",
+        "merge_method: linear\nmodels:\n  - model: m1\n    parameters: {weight: 1}\ntokenizer_source: union\n",
+    );
+    let err = merge_config(&c);
+    assert!(
+        err.contains("union") && err.contains("not implemented"),
         "{err}"
     );
 

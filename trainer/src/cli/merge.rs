@@ -189,6 +189,7 @@ fn run_lora_factors(args: &MergeArgs) -> anyhow::Result<()> {
         bail!("--lora-factors averages factors linearly: use it with --method linear");
     }
     for (flag, given) in [
+        ("--base", args.base.is_some()),
         ("--density", args.density.is_some()),
         ("--lambda", args.lambda.is_some()),
         ("--rescale", args.rescale.is_some()),

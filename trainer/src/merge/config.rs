@@ -232,7 +232,7 @@ pub fn parse(text: &str, file: &Path, output: PathBuf) -> Result<MergeSpec, Merg
         .map(str::parse)
         .transpose()
         .map_err(fail)?;
-    let donor =
+    let tokenizer_source =
         match raw.tokenizer_source.as_deref() {
             None => None,
             Some("base") => Some(base.clone().ok_or_else(|| {
@@ -253,7 +253,7 @@ pub fn parse(text: &str, file: &Path, output: PathBuf) -> Result<MergeSpec, Merg
     spec.models = models;
     spec.params = params;
     spec.out_dtype = out_dtype;
-    spec.donor = donor;
+    spec.tokenizer_source = tokenizer_source;
     let settings: Vec<_> = spec.models.iter().map(|m| &m.params).collect();
     method.check(&spec.params, &settings).map_err(fail)?;
     Ok(spec)

@@ -119,9 +119,10 @@ pub struct MergeSpec {
     pub params: BTreeMap<String, Setting>,
     /// The dtype written; `None` keeps the inputs' dtype of each tensor.
     pub out_dtype: Option<OutDtype>,
-    /// Where config.json and the tokenizer files are copied from; default: the base, else the
-    /// first model.
-    pub donor: Option<ModelRef>,
+    /// Where the tokenizer files (and generation_config.json) are copied from (mergekit's
+    /// `tokenizer_source`); default: the base, else the first model. config.json always comes
+    /// from the base, else the first model.
+    pub tokenizer_source: Option<ModelRef>,
     /// Seeds DARE's random drops; the same seed gives the same output bytes.
     pub seed: u64,
     pub shard_size: u64,
@@ -138,7 +139,7 @@ impl MergeSpec {
             models: Vec::new(),
             params: BTreeMap::new(),
             out_dtype: None,
-            donor: None,
+            tokenizer_source: None,
             seed: 0,
             shard_size: DEFAULT_SHARD_SIZE,
             output,

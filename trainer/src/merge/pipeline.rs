@@ -183,11 +183,8 @@ pub fn merge(
     }
     let fishers = fisher_files(spec, &models, &reference)?;
 
-    let donor = spec
-        .donor
-        .as_ref()
-        .or(spec.base.as_ref())
-        .unwrap_or(&models[0].model);
+    let config_donor = spec.base.as_ref().unwrap_or(&models[0].model);
+    let tokenizer_donor = spec.tokenizer_source.as_ref().unwrap_or(config_donor);
     check_output(&spec.output, base.iter().chain(&sources), &fishers)?;
     let uses_layers = spec
         .params
@@ -195,7 +192,7 @@ pub fn merge(
         .chain(settings.iter().flat_map(|m| m.values()))
         .any(Setting::uses_layers);
     let layers = if uses_layers {
-        Some(layer_count(&donor.folder)?)
+        Some(layer_count(&config_donor.folder)?)
     } else {
         None
     };
@@ -290,7 +287,12 @@ pub fn merge(
         tensor: "",
     });
     let written = writer.finish()?;
-    writer::copy_side_files(&donor.folder, staging.path(), spec.out_dtype)?;
+    writer::copy_side_files(
+        &config_donor.folder,
+        &tokenizer_donor.folder,
+        staging.path(),
+        spec.out_dtype,
+    )?;
     staging.commit()?;
     Ok(MergeReport {
         method: method.name,

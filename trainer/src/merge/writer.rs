@@ -273,8 +273,7 @@ fn encode(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
         });
 }
 
-/// The files a checkpoint folder carries besides its weights, copied from the donor as mergekit
-/// copies them.
+/// The tokenizer's files (and generation settings), copied as mergekit copies them.
 pub const SIDE_FILES: &[&str] = &[
     "generation_config.json",
     "tokenizer.json",
@@ -288,13 +287,15 @@ pub const SIDE_FILES: &[&str] = &[
     "chat_template.json",
 ];
 
-/// Copies config.json (its dtype set to `dtype` when given) and the tokenizer files.
+/// Copies config.json from `config_from` (its dtype set to `dtype` when given) and the
+/// tokenizer files from `tokenizer_from`.
 pub fn copy_side_files(
-    donor: &Path,
+    config_from: &Path,
+    tokenizer_from: &Path,
     dir: &Path,
     dtype: Option<OutDtype>,
 ) -> Result<(), MergeError> {
-    let config_path = donor.join("config.json");
+    let config_path = config_from.join("config.json");
     let text = std::fs::read_to_string(&config_path)
         .map_err(|e| MergeError::input(&config_path, format!("cannot read: {e}")))?;
     let mut config: Value = serde_json::from_str(&text)
@@ -319,7 +320,7 @@ pub fn copy_side_files(
     std::fs::write(&out, text + "\n")
         .map_err(|e| MergeError::output(&out, format!("cannot write: {e}")))?;
     for name in SIDE_FILES {
-        let from = donor.join(name);
+        let from = tokenizer_from.join(name);
         if from.is_file() {
             let to = dir.join(name);
             std::fs::copy(&from, &to).map_err(|e| {
