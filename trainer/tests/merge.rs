@@ -1374,6 +1374,45 @@ fn bad_configs_are_reported_with_file_line_and_problem() {
 }
 
 #[test]
+fn memory_stays_at_a_few_tensors_whatever_the_model_size() {
+    // Two models of 48 one-megabyte tensors: 96 MB read. Streaming holds the inputs and output
+    // of one tensor at a time (and hands read pages back), so the peak stays far below that.
+    let dir = tempfile::tempdir().unwrap();
+    let values: Vec<f32> = (0..512 * 512).map(|i| (i % 1000) as f32 * 1e-3).collect();
+    let names: Vec<String> = (0..48).map(|i| format!("model.layers.{i}.w")).collect();
+    let tensors: Vec<(&str, &[usize], &[f32])> = names
+        .iter()
+        .map(|n| (n.as_str(), &[512usize, 512][..], &values[..]))
+        .collect();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write_model(&a, &tensors, DType::F32);
+    write_model(&b, &tensors, DType::F32);
+    let out = dir.path().join("out");
+    let stdout = ok(&trainer(
+        &[
+            "merge",
+            "--method",
+            "linear",
+            "--models",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        dir.path(),
+    ));
+    let peak: f64 = stdout
+        .split("peak memory (VmHWM) ")
+        .nth(1)
+        .and_then(|r| r.split(" MiB").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak in {stdout}"));
+    assert!(stdout.contains("read 0.101 GB"), "{stdout}");
+    assert!(peak < 40.0, "peak {peak} MiB for 96 MiB of input");
+    assert_eq!(read_model(&out)["model.layers.47.w"].1, values);
+}
+
+#[test]
 fn help_lists_every_method_with_its_paper() {
     let out = ok(&trainer(&["merge", "--help"], &fixtures()));
     for m in registry::METHODS {
