@@ -9,5 +9,6 @@ pub mod disperse;
 pub mod embed;
 pub mod lora;
 pub mod loss;
+pub mod merge;
 pub mod optim;
 pub mod sft;

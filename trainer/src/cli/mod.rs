@@ -6,6 +6,7 @@ mod disperse;
 mod embed;
 mod export;
 mod sft;
+mod merge;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +39,7 @@ enum Command {
     Disperse(disperse::DisperseArgs),
     /// Print a text's sentence embedding (the encoder `disperse --method kmeans` uses).
     Embed(embed::EmbedArgs),
+    Merge(merge::MergeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -48,5 +50,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(args),
         Command::Disperse(args) => disperse::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Merge(args) => merge::run(args),
     }
 }

@@ -56,7 +56,8 @@ pub fn open(dir: &Path) -> Result<HfFolder, LoadError> {
     })
 }
 
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+/// The folder's weight files: `model.safetensors`, else the shards its index lists.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let single = dir.join("model.safetensors");
     if single.exists() {
         return Ok(vec![single]);
