@@ -8,4 +8,5 @@ pub mod data;
 pub mod lora;
 pub mod loss;
 pub mod optim;
+pub mod select;
 pub mod sft;

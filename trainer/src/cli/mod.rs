@@ -2,6 +2,7 @@
 
 mod bench;
 mod data;
+mod select;
 mod sft;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     Sft(Box<sft::SftArgs>),
     /// Speed and peak memory of LoRA training steps on random token batches.
     Bench(bench::BenchArgs),
+    /// Data selection by Deita scores (complexity, quality) with a scorer model.
+    Select(Box<select::SelectArgs>),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::Sft(args) => sft::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Select(args) => select::run(*args),
     }
 }

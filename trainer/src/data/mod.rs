@@ -126,6 +126,15 @@ pub fn parse_record(value: &Value) -> Result<Record, String> {
 
 /// Reads a JSONL file of records; a malformed line is an error naming the file and line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Record>, DataError> {
+    Ok(read_jsonl_lines(path)?
+        .into_iter()
+        .map(|(record, _)| record)
+        .collect())
+}
+
+/// Like [`read_jsonl`], keeping each record's line as it is in the file (without its line
+/// ending), so that records can be passed on unchanged, byte for byte.
+pub fn read_jsonl_lines(path: &Path) -> Result<Vec<(Record, String)>, DataError> {
     let file = std::fs::File::open(path)
         .map_err(|e| DataError::file(path, format!("cannot open: {e}")))?;
     let mut out = Vec::new();
@@ -141,7 +150,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>, DataError> {
         }
         let value: Value =
             serde_json::from_str(&line).map_err(|e| at(format!("not valid JSON: {e}")))?;
-        out.push(parse_record(&value).map_err(at)?);
+        out.push((parse_record(&value).map_err(at)?, line));
     }
     if out.is_empty() {
         return Err(DataError::file(path, "holds no records"));
