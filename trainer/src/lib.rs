@@ -11,4 +11,5 @@ pub mod lora;
 pub mod loss;
 pub mod merge;
 pub mod optim;
+pub mod select;
 pub mod sft;

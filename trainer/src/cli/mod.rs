@@ -5,6 +5,7 @@ mod data;
 mod disperse;
 mod embed;
 mod export;
+mod select;
 mod sft;
 mod merge;
 
@@ -40,6 +41,8 @@ enum Command {
     /// Print a text's sentence embedding (the encoder `disperse --method kmeans` uses).
     Embed(embed::EmbedArgs),
     Merge(merge::MergeArgs),
+    /// Data selection by Deita scores (complexity, quality) with a scorer model.
+    Select(Box<select::SelectArgs>),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -51,5 +54,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Disperse(args) => disperse::run(args),
         Command::Embed(args) => embed::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Select(args) => select::run(*args),
     }
 }
