@@ -5,9 +5,9 @@ mod data;
 mod disperse;
 mod embed;
 mod export;
+mod merge;
 mod select;
 mod sft;
-mod merge;
 
 use clap::{Parser, Subcommand};
 
