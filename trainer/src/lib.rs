@@ -11,5 +11,6 @@ pub mod lora;
 pub mod loss;
 pub mod merge;
 pub mod optim;
+pub mod pipeline;
 pub mod select;
 pub mod sft;

@@ -57,6 +57,35 @@ pub struct DisperseArgs {
     device: DeviceKind,
 }
 
+impl DisperseArgs {
+    /// The dispersal stage of `trainer dtm` (defaults as on the command line).
+    #[allow(clippy::too_many_arguments)]
+    pub fn stage(
+        data: PathBuf,
+        k: usize,
+        method: String,
+        embed: Option<EmbedField>,
+        encoder: Option<PathBuf>,
+        seed: u64,
+        output: PathBuf,
+        device: DeviceKind,
+    ) -> Self {
+        Self {
+            data,
+            k,
+            method,
+            embed,
+            encoder,
+            seed,
+            output,
+            restarts: 10,
+            max_iter: 1500,
+            batch_size: DEFAULT_BATCH_SIZE,
+            device,
+        }
+    }
+}
+
 pub fn run(args: DisperseArgs) -> anyhow::Result<()> {
     let method = Method::from_name(&args.method)?;
     if !method.info().needs_embeddings && (args.embed.is_some() || args.encoder.is_some()) {

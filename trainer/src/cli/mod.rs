@@ -3,11 +3,13 @@
 mod bench;
 mod data;
 mod disperse;
+mod dtm;
 mod embed;
 mod export;
 mod merge;
 mod select;
 mod sft;
+mod soup;
 
 use clap::{Parser, Subcommand};
 
@@ -43,12 +45,18 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Data selection by Deita scores (complexity, quality) with a scorer model.
     Select(Box<select::SelectArgs>),
+    /// Disperse-Then-Merge: disperse the data, train K sub-models, merge them.
+    Dtm(Box<dtm::DtmArgs>),
+    /// Uniform Soup: M full-data runs with other learning rates and seeds, averaged.
+    Soup(Box<soup::SoupArgs>),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(cmd) => data::run(cmd),
         Command::Sft(args) => sft::run(*args),
+        Command::Dtm(args) => dtm::run(*args),
+        Command::Soup(args) => soup::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::run(args),
         Command::Disperse(args) => disperse::run(args),

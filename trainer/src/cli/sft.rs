@@ -10,8 +10,6 @@ use dtm_trainer::optim::ScheduleKind;
 use dtm_trainer::sft::{self, LossReduction, Preset, SftConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Every flag is optional: unset ones take the preset's value (PROTOCOL.md §4); an explicit flag
-/// wins over the preset.
 #[derive(Args)]
 pub struct SftArgs {
     /// Base checkpoint: a Hugging Face folder or a .gguf file.
@@ -24,92 +22,102 @@ pub struct SftArgs {
     /// Output folder: adapter/ (PEFT format), train_log.jsonl, train_config.json, checkpoint/.
     #[arg(long)]
     output: PathBuf,
-    /// paper: PROTOCOL.md §4 (r 16, alpha 16, dropout 0.05 on gate/up/down_proj, lr 3e-4, betas
-    /// 0.9,0.95, 100 warm-up steps then cosine, batch 16, max length 1024, 3 epochs, EOS appended,
-    /// token-mean loss). released: the released code (betas 0.9,0.98, eps 1e-6, clipping 0.3,
-    /// 1 epoch, no EOS, per-sequence loss).
-    #[arg(long, value_enum, default_value = "paper")]
-    preset: Preset,
-    /// LoRA rank.
-    #[arg(long)]
-    lora_r: Option<usize>,
-    /// LoRA alpha (scale = alpha / r).
-    #[arg(long)]
-    lora_alpha: Option<f64>,
-    /// Dropout on the LoRA input while training.
-    #[arg(long)]
-    lora_dropout: Option<f64>,
-    /// Adapted layers, comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.
-    #[arg(long, value_delimiter = ',')]
-    lora_targets: Option<Vec<String>>,
-    /// Start from this PEFT adapter's A and B instead of PEFT's random init.
-    #[arg(long)]
-    init_adapter: Option<PathBuf>,
-    /// Peak learning rate.
-    #[arg(long)]
-    lr: Option<f64>,
-    /// AdamW betas, `B1,B2`.
-    #[arg(long)]
-    betas: Option<String>,
-    /// AdamW epsilon.
-    #[arg(long)]
-    eps: Option<f64>,
-    /// Decoupled weight decay (torch.optim.AdamW's).
-    #[arg(long)]
-    weight_decay: Option<f64>,
-    /// Learning-rate schedule after warm-up.
-    #[arg(long, value_enum)]
-    schedule: Option<ScheduleKind>,
-    /// Linear warm-up steps (the first step has learning rate 0, as in transformers).
-    #[arg(long)]
-    warmup_steps: Option<u64>,
-    /// Floor of the decayed learning rate.
-    #[arg(long)]
-    min_lr: Option<f64>,
-    /// Clip the global gradient norm to this value (0 = no clipping).
-    #[arg(long)]
-    max_grad_norm: Option<f64>,
-    /// Sequences per optimiser step.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Sequences per forward/backward pass (gradient accumulation); never changes the result
-    /// with the token-mean loss. Default: the batch size.
-    #[arg(long)]
-    micro_batch_size: Option<usize>,
-    /// Longest sequence in tokens; longer ones are cut at the end.
-    #[arg(long)]
-    max_len: Option<usize>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// Stop after this many optimiser steps (the schedule spans the shorter run).
-    #[arg(long)]
-    max_steps: Option<u64>,
-    /// Keep file order instead of a seeded shuffle per epoch.
-    #[arg(long)]
-    no_shuffle: bool,
-    /// Seeds the LoRA init, the data order and the dropout masks.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Do not append EOS to responses (the released code's behaviour).
-    #[arg(long)]
-    no_eos: bool,
-    /// token: mean over the step's response tokens; sequence: mean of per-sequence means.
-    #[arg(long, value_enum)]
-    loss_reduction: Option<LossReduction>,
-    /// Write a resumable checkpoint every N optimiser steps (and at the end).
-    #[arg(long, default_value_t = 50)]
-    checkpoint_every: u64,
     /// Continue the run in --output from its last checkpoint (same settings required).
     #[arg(long)]
     resume: bool,
     /// cpu, or cuda (needs a build with --features cuda).
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceKind,
+    #[command(flatten)]
+    options: SftOptions,
 }
 
-impl SftArgs {
-    fn config(&self) -> anyhow::Result<SftConfig> {
-        let p = self.preset.values();
+/// The training settings, shared by `trainer sft`, `trainer dtm` and `trainer soup`. Every flag
+/// is optional: unset ones take the preset's value (PROTOCOL.md §4); an explicit flag wins over
+/// the preset.
+#[derive(Args, Clone, Default)]
+pub struct SftOptions {
+    /// Default paper. paper: PROTOCOL.md §4 (r 16, alpha 16, dropout 0.05 on gate/up/down_proj, lr 3e-4, betas
+    /// 0.9,0.95, 100 warm-up steps then cosine, batch 16, max length 1024, 3 epochs, EOS appended,
+    /// token-mean loss). released: the released code (betas 0.9,0.98, eps 1e-6, clipping 0.3,
+    /// 1 epoch, no EOS, per-sequence loss).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// LoRA rank.
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// LoRA alpha (scale = alpha / r).
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the LoRA input while training.
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
+    /// Adapted layers, comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
+    /// Start from this PEFT adapter's A and B instead of PEFT's random init.
+    #[arg(long)]
+    pub init_adapter: Option<PathBuf>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// AdamW betas, `B1,B2`.
+    #[arg(long)]
+    pub betas: Option<String>,
+    /// AdamW epsilon.
+    #[arg(long)]
+    pub eps: Option<f64>,
+    /// Decoupled weight decay (torch.optim.AdamW's).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Learning-rate schedule after warm-up.
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// Linear warm-up steps (the first step has learning rate 0, as in transformers).
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    /// Floor of the decayed learning rate.
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    /// Clip the global gradient norm to this value (0 = no clipping).
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// Sequences per optimiser step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Sequences per forward/backward pass (gradient accumulation); never changes the result
+    /// with the token-mean loss. Default: the batch size.
+    #[arg(long)]
+    pub micro_batch_size: Option<usize>,
+    /// Longest sequence in tokens; longer ones are cut at the end.
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Stop after this many optimiser steps (the schedule spans the shorter run).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Keep file order instead of a seeded shuffle per epoch.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Seeds the LoRA init (default 0), the data order and the dropout masks.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Do not append EOS to responses (the released code's behaviour).
+    #[arg(long)]
+    pub no_eos: bool,
+    /// token: mean over the step's response tokens; sequence: mean of per-sequence means.
+    #[arg(long, value_enum)]
+    pub loss_reduction: Option<LossReduction>,
+    /// Write a resumable checkpoint every N optimiser steps (and at the end); default 50.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+}
+
+impl SftOptions {
+    /// The run's settings for `model` and `data`.
+    pub fn config(&self, model: PathBuf, data: PathBuf) -> anyhow::Result<SftConfig> {
+        let p = self.preset.unwrap_or(Preset::Paper).values();
         let betas = match &self.betas {
             Some(text) => {
                 let parts: Vec<f64> = text
@@ -126,8 +134,8 @@ impl SftArgs {
         };
         let batch_size = self.batch_size.unwrap_or(p.batch_size);
         Ok(SftConfig {
-            model: self.model.clone(),
-            data: self.data.clone(),
+            model,
+            data,
             lora_r: self.lora_r.unwrap_or(p.lora_r),
             lora_alpha: self.lora_alpha.unwrap_or(p.lora_alpha),
             lora_dropout: self.lora_dropout.unwrap_or(p.lora_dropout),
@@ -151,20 +159,42 @@ impl SftArgs {
             epochs: self.epochs.unwrap_or(p.epochs),
             max_steps: self.max_steps,
             shuffle: !self.no_shuffle,
-            seed: self.seed,
+            seed: self.seed.unwrap_or(0),
             append_eos: !self.no_eos && p.append_eos,
             loss_reduction: self.loss_reduction.unwrap_or(p.loss_reduction),
-            checkpoint_every: self.checkpoint_every,
+            checkpoint_every: self.checkpoint_every.unwrap_or(50),
         })
     }
 }
 
 pub fn run(args: SftArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
+    let config = args.options.config(args.model.clone(), args.data.clone())?;
     let device = device(args.device)?;
+    let summary = sft::run(
+        &config,
+        &args.output,
+        args.resume,
+        &device,
+        &mut progress_printer(),
+    )?;
+    eprintln!(
+        "trained {} steps on {} examples ({} records dropped: no response token left after truncation) in {:.1} s: {:.0} tokens/s, peak memory {:.0} MB; adapter in {}",
+        summary.steps,
+        summary.examples,
+        summary.dropped_records,
+        summary.wall_s,
+        summary.tokens_per_s,
+        summary.peak_rss_mb,
+        summary.adapter.display()
+    );
+    Ok(())
+}
+
+/// Shows training progress: a bar with loss and ETA on a terminal, a line every 10 steps in logs.
+pub fn progress_printer() -> impl FnMut(&sft::StepLog, &sft::Plan) {
     let terminal = std::io::stderr().is_terminal();
     let mut bar: Option<ProgressBar> = None;
-    let mut on_step = |log: &sft::StepLog, plan: &sft::Plan| {
+    move |log: &sft::StepLog, plan: &sft::Plan| {
         if terminal {
             let bar = bar.get_or_insert_with(|| {
                 let b = ProgressBar::new(plan.total_steps);
@@ -181,26 +211,14 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
                 "loss {:.4}  lr {:.2e}  {:.0} tok/s",
                 log.loss, log.lr, log.tokens_per_s
             ));
+            if log.step == plan.total_steps {
+                bar.finish();
+            }
         } else if log.step == 1 || log.step.is_multiple_of(10) || log.step == plan.total_steps {
             eprintln!(
                 "step {}/{}  loss {:.4}  lr {:.3e}  grad_norm {:.3}  {:.0} tok/s",
                 log.step, plan.total_steps, log.loss, log.lr, log.grad_norm, log.tokens_per_s
             );
         }
-    };
-    let summary = sft::run(&config, &args.output, args.resume, &device, &mut on_step)?;
-    if let Some(bar) = bar {
-        bar.finish();
     }
-    eprintln!(
-        "trained {} steps on {} examples ({} records dropped: no response token left after truncation) in {:.1} s: {:.0} tokens/s, peak memory {:.0} MB; adapter in {}",
-        summary.steps,
-        summary.examples,
-        summary.dropped_records,
-        summary.wall_s,
-        summary.tokens_per_s,
-        summary.peak_rss_mb,
-        summary.adapter.display()
-    );
-    Ok(())
 }
