@@ -131,7 +131,8 @@ fn report(name: &str, stats: &Stats, seconds: f64) -> serde_json::Value {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let model = args.model.load()?;
+    let models = args.model.load()?;
+    let model = models.ensemble()?;
     let base = args.model.engine_options();
     let requests = workload(args.questions);
     let mut runs = Vec::new();
@@ -144,7 +145,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ("loglikelihood, no reuse", 0),
     ] {
         let mut engine = Engine::new(
-            &model,
+            model.clone(),
             EngineOptions {
                 prefix_cache_entries: entries,
                 ..base.clone()
@@ -169,7 +170,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             max_new_tokens: args.new_tokens,
         })
         .collect();
-    let mut engine = Engine::new(&model, base.clone());
+    let mut engine = Engine::new(model, base.clone());
     let (generations, seconds) = timed(|| Ok(engine.generate_until(&prompts)?))?;
     let generated: usize = generations.iter().map(|g| g.ids.len()).sum();
     eprintln!(
@@ -185,7 +186,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!(
         "{}",
         serde_json::to_string_pretty(&json!({
-            "model": args.model.model.display().to_string(),
+            "model": models.describe(),
             "dtype": format!("{:?}", args.model.dtype),
             "batch_size": base.batch_size,
             "threads": rayon::current_num_threads(),

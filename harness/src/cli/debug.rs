@@ -1,5 +1,5 @@
 //! `logprobs`, `loglikelihood`, `generate`: direct access to the runtime, for users checking a
-//! model against another implementation.
+//! model (or an ensemble) against another implementation.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -25,8 +25,8 @@ pub struct LogprobsArgs {
 }
 
 pub fn logprobs(args: LogprobsArgs) -> Result<()> {
-    let model = args.model.load()?;
-    let mut engine = Engine::new(&model, args.model.engine_options());
+    let models = args.model.load()?;
+    let mut engine = Engine::new(models.ensemble()?, args.model.engine_options());
     let report = engine.inspect(&args.text, args.top)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -68,8 +68,8 @@ fn read_requests(path: &PathBuf) -> Result<Vec<LoglikelihoodRequest>> {
 
 pub fn loglikelihood(args: LoglikelihoodArgs) -> Result<()> {
     let requests = read_requests(&args.requests)?;
-    let model = args.model.load()?;
-    let mut engine = Engine::new(&model, args.model.engine_options());
+    let models = args.model.load()?;
+    let mut engine = Engine::new(models.ensemble()?, args.model.engine_options());
     let results = engine.loglikelihood(&requests)?;
     let mut out = std::io::stdout().lock();
     for r in results {
@@ -97,8 +97,8 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
-    let model = args.model.load()?;
-    let mut engine = Engine::new(&model, args.model.engine_options());
+    let models = args.model.load()?;
+    let mut engine = Engine::new(models.ensemble()?, args.model.engine_options());
     let request = GenerateRequest {
         context: args.text,
         until: args.until,

@@ -4,6 +4,7 @@ mod bench;
 mod convert;
 mod debug;
 mod exec;
+mod models;
 mod report;
 mod score;
 
@@ -12,9 +13,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use dtm_harness::checkpoint::{self, LoadedModel};
 use dtm_harness::device::{self, DeviceKind, Precision};
-use dtm_harness::engine::EngineOptions;
+use dtm_harness::engine::{EngineOptions, EnsembleMode};
 
 #[derive(Parser)]
 #[command(name = "harness", version, about = "Evaluate language models the way research papers do", long_about = None)]
@@ -48,16 +48,23 @@ enum Command {
     Convert(convert::ConvertArgs),
 }
 
-/// How to load and run a model; shared by every command that needs one.
+/// How to load and run a model (or an ensemble of models); shared by every command that needs one.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// A Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json) or a .gguf file.
-    #[arg(long)]
-    model: PathBuf,
+    /// Repeat it for an ensemble: the models' distributions are combined at every scored position
+    /// and every greedy generation step (see --ensemble); their tokenizers must be the same.
+    #[arg(long = "model", value_name = "MODEL", required = true)]
+    models: Vec<PathBuf>,
     /// A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) applied on top
-    /// of --model at load, unmerged, as PEFT runs it.
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    /// of --model at load, unmerged, as PEFT runs it. With several --model: none, or one per
+    /// --model in the same order, `none` for a model without one.
+    #[arg(long = "adapter", value_name = "ADAPTER")]
+    adapters: Vec<PathBuf>,
+    /// How several --model are combined: `logprobs` (default) averages their log-softmax and
+    /// reports it as it is; `logits` averages their logits, then takes the log-softmax.
+    #[arg(long, value_enum, value_name = "MODE")]
+    ensemble: Option<EnsembleMode>,
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceKind,
     /// Compute precision (weights are converted at load).
@@ -75,14 +82,27 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load(&self) -> Result<LoadedModel> {
+    fn load(&self) -> Result<models::LoadedModels> {
         let device = device::device(self.device)?;
-        Ok(checkpoint::load_with_adapter(
-            &self.model,
-            self.adapter.as_deref(),
-            self.dtype.dtype(),
-            &device,
-        )?)
+        models::load(&self.members()?, self.mode(), self.dtype.dtype(), &device)
+    }
+
+    /// Each --model with its --adapter, paired in order.
+    fn members(&self) -> Result<Vec<models::Member>> {
+        models::pair(&self.models, &self.adapters, self.ensemble.is_some())
+    }
+
+    /// The --model paths for people (`a + b`).
+    fn describe(&self) -> String {
+        self.models
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+
+    fn mode(&self) -> EnsembleMode {
+        self.ensemble.unwrap_or(EnsembleMode::Logprobs)
     }
 
     fn engine_options(&self) -> EngineOptions {

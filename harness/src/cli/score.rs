@@ -313,6 +313,8 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             .find(|p| p.describe().name == name)
             .map(|b| b.as_ref())
     };
+    // --model/--adapter/--ensemble are checked before anything loads.
+    args.model.members()?;
     let specs = resolve_tasks(&args.tasks, &sources)?;
     let options = parse_options(&args.options)?;
     for task in options.keys() {
@@ -390,18 +392,10 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         bail!("every task failed before scoring (see the errors above)");
     }
 
-    eprintln!("loading {}", args.model.model.display());
-    let model = args.model.load()?;
-    let model_hash = checkpoint::fingerprint(&args.model.model)?;
-    let adapter = match &args.model.adapter {
-        Some(dir) => {
-            json!({"path": dir.display().to_string(), "sha256": checkpoint::fingerprint(dir)?})
-        }
-        None => serde_json::Value::Null,
-    };
+    eprintln!("loading {}", args.model.describe());
+    let models = args.model.load()?;
+    let identity = models.identity()?;
     let mut fingerprint = json!({
-        "model": args.model.model.display().to_string(),
-        "model_sha256": model_hash,
         "dtype": format!("{:?}", args.model.dtype).to_lowercase(),
         "max_length": args.model.max_length,
         "data_dir": dirs.default.display().to_string(),
@@ -415,14 +409,11 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         "program_timeout": args.timeout,
         "program_memory_mb": args.memory_mb,
     });
-    if !adapter.is_null() {
-        // Only then, so that runs without an adapter resume from folders written before.
-        fingerprint["adapter"] = adapter.clone();
-    }
+    identity.add_to_fingerprint(&mut fingerprint);
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("{}: cannot create", args.output.display()))?;
     let store = RunStore::open(&args.output, &fingerprint)?;
-    let mut engine = Engine::new(&model, args.model.engine_options());
+    let mut engine = Engine::new(models.ensemble()?, args.model.engine_options());
     let bar = Bar(ProgressBar::new(0).with_style(
         ProgressStyle::with_template(
             "{msg:>24} [{bar:30}] {pos}/{len} items, {elapsed} elapsed, ETA {eta}",
@@ -501,7 +492,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     }
     let header = json!({
         "harness_version": env!("CARGO_PKG_VERSION"),
-        "model": {"path": args.model.model.display().to_string(), "sha256": model_hash, "architecture": model.config().architecture.name(), "adapter": adapter},
+        "model": identity.header(),
         "options": {
             "tasks": args.tasks, "limit": args.limit, "num_fewshot": args.num_fewshot, "max_new_tokens": args.max_new_tokens,
             "options": options, "batch_size": args.model.batch_size, "seed": args.seed, "dtype": fingerprint["dtype"],

@@ -2,13 +2,13 @@
 //! budget. Rows of a batch share their common prefix; the rest is left-padded so that every row
 //! produces its next token at the same column.
 
-use candle_core::D;
 use serde::{Deserialize, Serialize};
 
+use super::ensemble::EnsembleCache;
 use super::prefix_cache::common_prefix_len;
 use super::{Engine, Stats};
 use crate::error::Result;
-use crate::model::{Batch, KvCache};
+use crate::model::Batch;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GenerateRequest {
@@ -36,7 +36,7 @@ struct Row {
 
 impl Engine<'_> {
     pub fn generate_until(&mut self, requests: &[GenerateRequest]) -> Result<Vec<Generation>> {
-        let tokenizer = &self.model.tokenizer;
+        let tokenizer = self.model.tokenizer();
         let max = self.max_length();
         let mut prompts = Vec::with_capacity(requests.len());
         for r in requests {
@@ -87,8 +87,8 @@ impl Engine<'_> {
         shared: &[usize],
         chunk: &[usize],
     ) -> Result<Vec<(usize, Generation)>> {
-        let decoder = &self.model.decoder;
-        let tokenizer = &self.model.tokenizer;
+        let model = &self.model;
+        let tokenizer = model.tokenizer();
         let eos = tokenizer.eos_token_ids().to_vec();
         let mut stats = Stats {
             requested: chunk.iter().map(|&i| prompts[i].len()).sum(),
@@ -99,11 +99,11 @@ impl Engine<'_> {
         let row_caches = chunk
             .iter()
             .map(|&i| match shared[i] {
-                0 => Ok(decoder.new_cache(1)),
-                n => self.prefixes.get(decoder, &prompts[i][..n], &mut stats),
+                0 => Ok(model.new_cache(1)),
+                n => self.prefixes.get(model, &prompts[i][..n], &mut stats),
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let mut cache = KvCache::stack_rows(&row_caches)?;
+        let mut cache = EnsembleCache::stack_rows(&row_caches)?;
 
         // Prefill: left-pad the unshared parts to a common length.
         let width = chunk
@@ -129,7 +129,7 @@ impl Engine<'_> {
             v.extend(std::iter::repeat_n(true, rest.len()));
             valid.push(v);
         }
-        let mut hidden = decoder.forward(
+        let mut hidden = model.forward(
             &Batch {
                 tokens: &tokens,
                 positions: &positions,
@@ -150,10 +150,8 @@ impl Engine<'_> {
         let mut last_col = width - 1;
         while !active.is_empty() {
             let at: Vec<(usize, usize)> = (0..active.len()).map(|r| (r, last_col)).collect();
-            let next = decoder
-                .logits_at(&hidden, &at)?
-                .argmax(D::Minus1)?
-                .to_vec1::<u32>()?;
+            // The greedy choice of the (combined) distribution.
+            let next = model.next_token(&hidden, &at)?.argmax()?;
             for (&row, &id) in active.iter().zip(&next) {
                 let row = &mut rows[row];
                 let request = &requests[row.request];
@@ -190,7 +188,7 @@ impl Engine<'_> {
             let positions: Vec<Vec<i64>> = next_pos.iter().map(|&p| vec![p]).collect();
             let valid = vec![vec![true]; active.len()];
             stats.generated += active.len();
-            hidden = decoder.forward(
+            hidden = model.forward(
                 &Batch {
                     tokens: &tokens,
                     positions: &positions,

@@ -1,9 +1,7 @@
 //! Per-token log-probabilities of a text, for debugging a model against a reference.
 
-use candle_core::D;
 use serde::Serialize;
 
-use super::loglikelihood::log_sum_exp;
 use super::Engine;
 use crate::error::Result;
 use crate::model::Batch;
@@ -26,18 +24,18 @@ pub struct TextReport {
 impl Engine<'_> {
     /// Tokenises `text` (BOS added when the tokenizer adds one) and reports every position.
     pub fn inspect(&mut self, text: &str, k: usize) -> Result<TextReport> {
-        let ids = self.model.tokenizer.encode_document(text)?;
+        let ids = self.model.tokenizer().encode_document(text)?;
         if ids.is_empty() {
             return Ok(TextReport {
                 ids,
                 tokens: Vec::new(),
             });
         }
-        let decoder = &self.model.decoder;
-        let mut cache = decoder.new_cache(1);
+        let model = &self.model;
+        let mut cache = model.new_cache(1);
         let n = ids.len();
         let positions: Vec<i64> = (0..n as i64).collect();
-        let hidden = decoder.forward(
+        let hidden = model.forward(
             &Batch {
                 tokens: std::slice::from_ref(&ids),
                 positions: &[positions],
@@ -48,10 +46,7 @@ impl Engine<'_> {
         self.stats.requested += n;
         self.stats.forwarded += n;
         let at: Vec<(usize, usize)> = (0..n).map(|p| (0, p)).collect();
-        let logits = decoder.logits_at(&hidden, &at)?;
-        let logprobs = logits
-            .broadcast_sub(&log_sum_exp(&logits)?.unsqueeze(D::Minus1)?)?
-            .to_vec2::<f32>()?;
+        let logprobs = model.next_token(&hidden, &at)?.log_prob_rows()?;
         let tokens = ids
             .iter()
             .enumerate()
@@ -66,11 +61,8 @@ impl Engine<'_> {
                 top.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
                 TokenReport {
                     id,
-                    logprob: (i > 0).then(|| logprobs[i - 1][id as usize] as f64),
-                    top5: top
-                        .into_iter()
-                        .map(|t| (t, row[t as usize] as f64))
-                        .collect(),
+                    logprob: (i > 0).then(|| logprobs[i - 1][id as usize]),
+                    top5: top.into_iter().map(|t| (t, row[t as usize])).collect(),
                 }
             })
             .collect();

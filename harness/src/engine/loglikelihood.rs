@@ -1,7 +1,6 @@
 //! `loglikelihood` and `loglikelihood_rolling`: both reduce to scoring the last `n` tokens of a
 //! token sequence.
 
-use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::prefix_cache::common_prefix_len;
@@ -52,7 +51,7 @@ impl Engine<'_> {
         &mut self,
         requests: &[LoglikelihoodRequest],
     ) -> Result<Vec<LoglikelihoodResult>> {
-        let tokenizer = &self.model.tokenizer;
+        let tokenizer = self.model.tokenizer();
         let max = self.max_length();
         let mut scores = Vec::with_capacity(requests.len());
         let mut pairs = Vec::with_capacity(requests.len());
@@ -91,7 +90,7 @@ impl Engine<'_> {
     /// Log-probability of every token of each document, in windows of the model's length, each
     /// window seeing the tokens right before it (lm-eval's rolling windows).
     pub fn loglikelihood_rolling(&mut self, documents: &[String]) -> Result<Vec<RollingResult>> {
-        let tokenizer = &self.model.tokenizer;
+        let tokenizer = self.model.tokenizer();
         let start = tokenizer
             .bos_token_id()
             .or_else(|| tokenizer.eos_token_ids().first().copied())
@@ -158,7 +157,7 @@ impl Engine<'_> {
     }
 
     fn score_batch(&mut self, batch: &[&ScoreRequest]) -> Result<Vec<Scored>> {
-        let decoder = &self.model.decoder;
+        let model = &self.model;
         // Model input is tokens[..len-1]; the first scored position is len-1-scored.
         let first_scored: Vec<usize> = batch
             .iter()
@@ -179,10 +178,10 @@ impl Engine<'_> {
         };
         let mut cache = if shared > 0 {
             self.prefixes
-                .get(decoder, &batch[0].tokens[..shared], &mut stats)?
+                .get(model, &batch[0].tokens[..shared], &mut stats)?
                 .repeat_row(batch.len())?
         } else {
-            decoder.new_cache(batch.len())
+            model.new_cache(batch.len())
         };
         let rest_len = batch
             .iter()
@@ -205,7 +204,7 @@ impl Engine<'_> {
             v.resize(rest_len, false);
             valid.push(v);
         }
-        let hidden = decoder.forward(
+        let hidden = model.forward(
             &Batch {
                 tokens: &tokens,
                 positions: &positions,
@@ -221,7 +220,7 @@ impl Engine<'_> {
                 targets.push(r.tokens[first + k + 1]);
             }
         }
-        let (logprobs, greedy) = target_logprobs(&decoder.logits_at(&hidden, &at)?, &targets)?;
+        let (logprobs, greedy) = model.next_token(&hidden, &at)?.target_logprobs(&targets)?;
         self.stats.add(&stats);
         let mut out = Vec::with_capacity(batch.len());
         let mut offset = 0;
@@ -263,31 +262,6 @@ fn batches(requests: &[ScoreRequest], order: &[usize], size: usize) -> Vec<Vec<u
         out.push(singles);
     }
     out
-}
-
-/// log softmax of each row at its target, and whether the target is the row's argmax.
-pub(crate) fn target_logprobs(
-    logits: &Tensor,
-    targets: &[u32],
-) -> candle_core::Result<(Vec<f64>, Vec<bool>)> {
-    let lse = log_sum_exp(logits)?.to_vec1::<f32>()?;
-    let idx = Tensor::from_vec(targets.to_vec(), (targets.len(), 1), logits.device())?;
-    let picked = logits.gather(&idx, 1)?.squeeze(1)?.to_vec1::<f32>()?;
-    let argmax = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-    let logprobs = picked
-        .iter()
-        .zip(&lse)
-        .map(|(&p, &l)| p as f64 - l as f64)
-        .collect();
-    let greedy = argmax.iter().zip(targets).map(|(a, t)| a == t).collect();
-    Ok((logprobs, greedy))
-}
-
-/// Row-wise log Σ exp, shifted by the row maximum for stability.
-pub(crate) fn log_sum_exp(logits: &Tensor) -> candle_core::Result<Tensor> {
-    let max = logits.max_keepdim(D::Minus1)?;
-    let sum = logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
-    (sum.log()? + max)?.squeeze(D::Minus1)
 }
 
 fn truncate_for_message(s: &str) -> String {

@@ -1,19 +1,24 @@
-//! The request engine: lm-eval's three request types over a [`LoadedModel`].
+//! The request engine: lm-eval's three request types over a model, or an [`Ensemble`] of models
+//! sharing a tokenizer.
 //!
 //! Requests come in lists and answers go back in the same order, so the engine may reorder and
 //! batch freely: it sorts token sequences so that shared prefixes sit side by side, computes each
 //! batch's common prefix once (see [`prefix_cache`]), pads the rest, and applies the output head
 //! only at the positions it scores.
 
+pub mod ensemble;
 pub mod generate;
 pub mod inspect;
 pub mod loglikelihood;
+pub mod next_token;
 pub mod prefix_cache;
+pub mod same_tokenizer;
 pub mod stats;
 pub mod tokenize;
 
 use crate::checkpoint::LoadedModel;
 
+pub use ensemble::{Ensemble, EnsembleError, EnsembleMode};
 pub use generate::{GenerateRequest, Generation};
 pub use loglikelihood::{LoglikelihoodRequest, LoglikelihoodResult, RollingResult};
 pub use stats::Stats;
@@ -43,14 +48,16 @@ impl Default for EngineOptions {
 }
 
 pub struct Engine<'m> {
-    pub(crate) model: &'m LoadedModel,
+    pub(crate) model: Ensemble<'m>,
     pub(crate) options: EngineOptions,
     pub(crate) prefixes: PrefixCache,
     pub(crate) stats: Stats,
 }
 
 impl<'m> Engine<'m> {
-    pub fn new(model: &'m LoadedModel, options: EngineOptions) -> Self {
+    /// `model` is a `&LoadedModel` or an [`Ensemble`].
+    pub fn new(model: impl Into<Ensemble<'m>>, options: EngineOptions) -> Self {
+        let model = model.into();
         let prefixes = PrefixCache::new(options.prefix_cache_entries);
         Self {
             model,
@@ -60,8 +67,13 @@ impl<'m> Engine<'m> {
         }
     }
 
-    pub fn model(&self) -> &LoadedModel {
-        self.model
+    /// The first (or only) model.
+    pub fn model(&self) -> &'m LoadedModel {
+        self.model.members()[0]
+    }
+
+    pub fn ensemble(&self) -> &Ensemble<'m> {
+        &self.model
     }
 
     /// Tokens asked for versus tokens actually run through the model so far.
@@ -72,7 +84,7 @@ impl<'m> Engine<'m> {
     pub(crate) fn max_length(&self) -> usize {
         self.options
             .max_length
-            .unwrap_or(self.model.config().max_position_embeddings)
+            .unwrap_or(self.model.max_position_embeddings())
             .max(2)
     }
 }

@@ -1,16 +1,17 @@
 //! Reuse of computed prefixes: a few one-row KV caches keyed by the tokens they hold. A new
 //! prefix starts from the cached entry it shares the most tokens with (cut back to the shared
 //! part), so a few-shot preamble is computed once for all the questions that follow it, and a
-//! question once for all of its choices.
+//! question once for all of its choices. An ensemble's entry holds one cache per member.
 
 use candle_core::Result;
 
-use crate::model::{Batch, Decoder, KvCache};
+use crate::model::Batch;
 
+use super::ensemble::{Ensemble, EnsembleCache};
 use super::stats::Stats;
 
 pub struct PrefixCache {
-    entries: Vec<(Vec<u32>, KvCache)>,
+    entries: Vec<(Vec<u32>, EnsembleCache)>,
     capacity: usize,
 }
 
@@ -24,7 +25,12 @@ impl PrefixCache {
     }
 
     /// A one-row cache holding exactly `prefix`, computing only what no entry already holds.
-    pub fn get(&mut self, decoder: &Decoder, prefix: &[u32], stats: &mut Stats) -> Result<KvCache> {
+    pub fn get(
+        &mut self,
+        model: &Ensemble,
+        prefix: &[u32],
+        stats: &mut Stats,
+    ) -> Result<EnsembleCache> {
         let best = self
             .entries
             .iter()
@@ -39,7 +45,7 @@ impl PrefixCache {
                 self.entries.push(entry); // most recently used last
                 cut
             }
-            None => decoder.new_cache(1),
+            None => model.new_cache(1),
         };
         let done = cache.len();
         if done < prefix.len() {
@@ -47,7 +53,7 @@ impl PrefixCache {
             let positions: Vec<i64> = (done as i64..prefix.len() as i64).collect();
             let valid = vec![true; rest.len()];
             stats.forwarded += rest.len();
-            decoder.forward(
+            model.forward(
                 &Batch {
                     tokens: &[rest],
                     positions: &[positions],
