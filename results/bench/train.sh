@@ -17,10 +17,11 @@ hf="${DTM_CACHE:-$HOME/.cache/dtm}/models/SmolLM2-135M-Instruct-hf"
 cargo build --release -q -p dtm-trainer -p dtm-harness
 [ -f "$hf/config.json" ] || "$target/release/harness" convert --model "$gguf" --output "$hf"
 echo "machine: $(nproc) cores, $(grep 'model name' /proc/cpuinfo | head -1 | cut -d: -f2 | xargs), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+steps="${STEPS:-5}"
 for round in 1 2; do
   echo "== round $round: dtm trainer bench"
-  "$target/release/trainer" bench --model "$hf" --batch-size 4 --seq-len 512 --steps 5
+  "$target/release/trainer" bench --model "$hf" --batch-size 4 --seq-len 512 --steps "$steps"
   echo "== round $round: torch + peft"
-  "$venv/bin/python" results/bench/lora_step_torch.py "$hf" --batch-size 4 --seq-len 512 --steps 5
+  "$venv/bin/python" results/bench/lora_step_torch.py "$hf" --batch-size 4 --seq-len 512 --steps "$steps"
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
