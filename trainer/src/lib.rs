@@ -10,6 +10,7 @@ pub mod embed;
 pub mod lora;
 pub mod loss;
 pub mod merge;
+pub mod moe;
 pub mod optim;
 pub mod pipeline;
 pub mod select;

@@ -1,7 +1,7 @@
 //! Trainable LoRA parameters on a decoder: which layers, their initial values (PEFT's init or a
 //! given adapter), and the adapter they make.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{DType, Result, Tensor, Var};
 use dtm_model::adapter::{AdapterConfig, PeftAdapter};
@@ -55,15 +55,11 @@ pub fn attach(
         "",
     );
     let mut params = Vec::new();
-    let mut matched = BTreeMap::<&str, usize>::new();
+    let mut modules = Vec::new();
     for (module, proj) in decoder.projections_mut() {
+        modules.push(module.clone());
         if !probe.targets(&module) {
             continue;
-        }
-        for t in &settings.targets {
-            if module.ends_with(&format!(".{t}")) {
-                *matched.entry(t.as_str()).or_default() += 1;
-            }
         }
         let (inp, out) = proj.dims()?;
         let device = proj.weight().device().clone();
@@ -106,11 +102,7 @@ pub fn attach(
         }));
         params.push(LoraParams { module, a, b });
     }
-    for t in &settings.targets {
-        if !matched.contains_key(t.as_str()) {
-            anyhow::bail!("--lora-targets: the model has no layer named {t} (layers are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)");
-        }
-    }
+    check_targets(&modules, &settings.targets)?;
     if let Some(adapter) = init {
         let used: Vec<&String> = params.iter().map(|p| &p.module).collect();
         if let Some(extra) = adapter.weights.keys().find(|k| !used.contains(k)) {
@@ -120,6 +112,21 @@ pub fn attach(
         }
     }
     Ok(params)
+}
+
+/// Every target names some of the decoder's layers (`modules`, transformers' names).
+pub fn check_targets(modules: &[String], targets: &[String]) -> anyhow::Result<()> {
+    let matched: BTreeSet<&str> = targets
+        .iter()
+        .filter(|t| modules.iter().any(|m| m.ends_with(&format!(".{t}"))))
+        .map(String::as_str)
+        .collect();
+    for t in targets {
+        if !matched.contains(t.as_str()) {
+            anyhow::bail!("--lora-targets: the model has no layer named {t} (layers are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)");
+        }
+    }
+    Ok(())
 }
 
 /// The current values as a PEFT adapter (float32).

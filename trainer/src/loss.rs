@@ -21,6 +21,17 @@ pub fn weighted_nll(
     seqs: &[WeightedSequence],
     dropout: Option<DropoutKey>,
 ) -> Result<(Tensor, f64)> {
+    let (loss, total, _) = weighted_nll_routed(decoder, seqs, dropout)?;
+    Ok((loss, total))
+}
+
+/// [`weighted_nll`], and the routing weights `[sequences, len, E]` of every mixture-of-LoRA
+/// layer (rows as `seqs`, right-padded; none without such layers or without targets).
+pub fn weighted_nll_routed(
+    decoder: &Decoder,
+    seqs: &[WeightedSequence],
+    dropout: Option<DropoutKey>,
+) -> Result<(Tensor, f64, Vec<Tensor>)> {
     let len = seqs.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
     let pad = seqs
         .first()
@@ -51,14 +62,14 @@ pub fn weighted_nll(
     let device = decoder.device().clone();
     if at.is_empty() {
         let zero = Tensor::zeros((), decoder.dtype(), &device)?;
-        return Ok((zero, 0.0));
+        return Ok((zero, 0.0, Vec::new()));
     }
     let batch = Batch {
         tokens: &tokens,
         positions: &positions,
         valid: &valid,
     };
-    let hidden = decoder.forward_train(&batch, dropout)?;
+    let (hidden, routes) = decoder.forward_train_routed(&batch, dropout)?;
     let logits = decoder.logits_at(&hidden, &at)?;
     let n = labels.len();
     let labels = Tensor::from_vec(labels, (n, 1), &device)?;
@@ -74,5 +85,5 @@ pub fn weighted_nll(
         .to_dtype(DType::F64)?
         .sum_all()?
         .to_scalar::<f64>()?;
-    Ok((loss, total))
+    Ok((loss, total, routes))
 }

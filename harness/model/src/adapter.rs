@@ -5,6 +5,11 @@
 //! `target_modules`, …) and `adapter_model.safetensors` with one `A`/`B` pair per adapted module,
 //! named `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`, where `<module>` is the
 //! transformers name of the linear layer (`model.layers.0.mlp.gate_proj`).
+//!
+//! A mixture of LoRA experts (LoRAMoE) has its own folder format, which extends this one
+//! ([`moe`]); [`AnyAdapter::load`] reads either kind, by the config's `peft_type`.
+
+pub mod moe;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -92,6 +97,12 @@ impl PeftAdapter {
                 format!("{what} is not supported"),
             ))
         };
+        if config.peft_type == moe::PEFT_TYPE {
+            return Err(LoadError::at(
+                &config_path,
+                "a mixture of LoRA experts (LoRAMoE) has no single B·A to merge into the weights; apply it with --adapter instead",
+            ));
+        }
         if config.peft_type != "LORA" {
             return refuse(&format!("peft_type {:?}", config.peft_type));
         }
@@ -163,47 +174,12 @@ impl PeftAdapter {
 
     /// Writes the folder atomically: files go to a temporary sibling folder that replaces `dir`.
     pub fn save(&self, dir: &Path) -> Result<(), LoadError> {
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent)
-            .map_err(|e| LoadError::at(parent, format!("cannot create: {e}")))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".adapter-")
-            .tempdir_in(parent)
-            .map_err(|e| LoadError::at(parent, format!("cannot write: {e}")))?;
-        let config = serde_json::to_string_pretty(&self.config).expect("config serialises");
-        let config_path = tmp.path().join(CONFIG_FILE);
-        std::fs::write(&config_path, config + "\n")
-            .map_err(|e| LoadError::at(&config_path, e.to_string()))?;
         let mut named = Vec::new();
         for (module, (a, b)) in &self.weights {
-            named.push((
-                format!("{PREFIX}{module}.lora_A.weight"),
-                a.to_dtype(DType::F32).and_then(|t| t.contiguous()),
-            ));
-            named.push((
-                format!("{PREFIX}{module}.lora_B.weight"),
-                b.to_dtype(DType::F32).and_then(|t| t.contiguous()),
-            ));
+            named.push((format!("{PREFIX}{module}.lora_A.weight"), a));
+            named.push((format!("{PREFIX}{module}.lora_B.weight"), b));
         }
-        let named = named
-            .into_iter()
-            .map(|(n, t)| t.map(|t| (n, t)))
-            .collect::<candle_core::Result<Vec<_>>>()
-            .map_err(|e| LoadError::at(dir, first_line(&e)))?;
-        let weights_path = tmp.path().join(WEIGHTS_FILE);
-        candle_core::safetensors::save(&named.into_iter().collect(), &weights_path)
-            .map_err(|e| LoadError::at(&weights_path, first_line(&e)))?;
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)
-                .map_err(|e| LoadError::at(dir, format!("cannot replace: {e}")))?;
-        }
-        let kept = tmp.keep();
-        std::fs::rename(&kept, dir)
-            .map_err(|e| LoadError::at(dir, format!("cannot write: {e}")))?;
-        Ok(())
+        save_folder(dir, &self.config, named)
     }
 
     /// Attaches the adapter to the decoder's projections (unmerged, as PEFT runs it). Every
@@ -243,5 +219,80 @@ impl PeftAdapter {
             p.set_lora(Some(lora));
         }
         Ok(())
+    }
+}
+
+/// Writes an adapter folder (`adapter_config.json` + `adapter_model.safetensors`, float32)
+/// atomically: files go to a temporary sibling folder that replaces `dir`.
+fn save_folder(
+    dir: &Path,
+    config: &impl Serialize,
+    named: Vec<(String, &Tensor)>,
+) -> Result<(), LoadError> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| LoadError::at(parent, format!("cannot create: {e}")))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".adapter-")
+        .tempdir_in(parent)
+        .map_err(|e| LoadError::at(parent, format!("cannot write: {e}")))?;
+    let config = serde_json::to_string_pretty(config).expect("config serialises");
+    let config_path = tmp.path().join(CONFIG_FILE);
+    std::fs::write(&config_path, config + "\n")
+        .map_err(|e| LoadError::at(&config_path, e.to_string()))?;
+    let named = named
+        .into_iter()
+        .map(|(n, t)| {
+            t.to_dtype(DType::F32)
+                .and_then(|t| t.contiguous())
+                .map(|t| (n, t))
+        })
+        .collect::<candle_core::Result<Vec<_>>>()
+        .map_err(|e| LoadError::at(dir, first_line(&e)))?;
+    let weights_path = tmp.path().join(WEIGHTS_FILE);
+    candle_core::safetensors::save(&named.into_iter().collect(), &weights_path)
+        .map_err(|e| LoadError::at(&weights_path, first_line(&e)))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| LoadError::at(dir, format!("cannot replace: {e}")))?;
+    }
+    let kept = tmp.keep();
+    std::fs::rename(&kept, dir).map_err(|e| LoadError::at(dir, format!("cannot write: {e}")))?;
+    Ok(())
+}
+
+/// Either kind of adapter folder this runtime applies.
+#[derive(Debug, Clone)]
+pub enum AnyAdapter {
+    Lora(PeftAdapter),
+    Moe(moe::MoeAdapter),
+}
+
+impl AnyAdapter {
+    /// Reads an adapter folder, choosing the kind by `adapter_config.json`'s `peft_type`
+    /// (`LORAMOE`: a mixture of LoRA experts; anything else goes to [`PeftAdapter::load`], which
+    /// names what it does not support).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, LoadError> {
+        let config_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| LoadError::at(&config_path, format!("cannot read: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| LoadError::at(&config_path, format!("not valid JSON: {e}")))?;
+        if value.get("peft_type").and_then(|t| t.as_str()) == Some(moe::PEFT_TYPE) {
+            Ok(Self::Moe(moe::MoeAdapter::load(dir, device)?))
+        } else {
+            Ok(Self::Lora(PeftAdapter::load(dir, device)?))
+        }
+    }
+
+    /// Attaches the adapter to the decoder's linear layers.
+    pub fn attach(&self, decoder: &mut Decoder) -> Result<(), LoadError> {
+        match self {
+            Self::Lora(a) => a.attach(decoder),
+            Self::Moe(a) => a.attach(decoder),
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! `trainer sft`: LoRA instruction tuning (the paper's Vanilla SFT).
+//! `trainer sft`: LoRA instruction tuning (the paper's Vanilla SFT), or LoRAMoE with
+//! `--moe-experts`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -6,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use dtm_model::device::{device, DeviceKind};
+use dtm_trainer::moe::MoeConfig;
 use dtm_trainer::optim::ScheduleKind;
 use dtm_trainer::sft::{self, LossReduction, Preset, SftConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -112,6 +114,44 @@ pub struct SftOptions {
     /// Write a resumable checkpoint every N optimiser steps (and at the end); default 50.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
+    /// LoRAMoE (Dou et al., 2023): E LoRA experts and a token-level softmax router in every
+    /// adapted layer instead of one LoRA; --lora-alpha, --lora-dropout and --lora-targets apply to
+    /// every expert. The adapter folder is LoRAMoE's (peft_type LORAMOE), which `harness
+    /// --adapter` applies.
+    #[arg(long, value_name = "E")]
+    pub moe_experts: Option<usize>,
+    /// Rank of every expert (default: --lora-r).
+    #[arg(long, value_name = "R", requires = "moe_experts")]
+    pub moe_rank: Option<usize>,
+    /// λ of the localized balancing constraint, added to the loss and logged as `balance`
+    /// (0, the released script's value, trains without it). Needs an even E and every record's
+    /// type (--moe-type-field).
+    #[arg(
+        long,
+        value_name = "λ",
+        default_value_t = 0.0,
+        requires = "moe_experts"
+    )]
+    pub moe_balance: f64,
+    /// δ of the constraint: each record's type favours half of the experts, weighted 1+δ, the
+    /// other half 1−δ (0 is the released script's value).
+    #[arg(
+        long,
+        value_name = "δ",
+        default_value_t = 0.0,
+        requires = "moe_experts"
+    )]
+    pub moe_balance_delta: f64,
+    /// The record field holding its type, read with --moe-balance > 0 (every record needs it):
+    /// 1 or "knowledge" for world knowledge (favours experts 0..E/2), 0 or "task" for a
+    /// downstream task (favours E/2..E), as the released data's task_type.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "task_type",
+        requires = "moe_experts"
+    )]
+    pub moe_type_field: String,
 }
 
 impl SftOptions {
@@ -163,6 +203,13 @@ impl SftOptions {
             append_eos: !self.no_eos && p.append_eos,
             loss_reduction: self.loss_reduction.unwrap_or(p.loss_reduction),
             checkpoint_every: self.checkpoint_every.unwrap_or(50),
+            moe: self.moe_experts.map(|experts| MoeConfig {
+                experts,
+                rank: self.moe_rank.unwrap_or(self.lora_r.unwrap_or(p.lora_r)),
+                balance: self.moe_balance,
+                delta: self.moe_balance_delta,
+                type_field: self.moe_type_field.clone(),
+            }),
         })
     }
 }
@@ -193,6 +240,14 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
 /// Shows training progress: a bar with loss and ETA on a terminal, a line every 10 steps in logs.
 pub fn progress_printer() -> impl FnMut(&sft::StepLog, &sft::Plan) {
     let terminal = std::io::stderr().is_terminal();
+    // LoRAMoE's balancing term, shown when it is in use.
+    let balance = move |log: &sft::StepLog| {
+        if log.balance != 0.0 {
+            format!("  balance {:.4e}", log.balance)
+        } else {
+            String::new()
+        }
+    };
     let mut bar: Option<ProgressBar> = None;
     move |log: &sft::StepLog, plan: &sft::Plan| {
         if terminal {
@@ -208,16 +263,25 @@ pub fn progress_printer() -> impl FnMut(&sft::StepLog, &sft::Plan) {
             });
             bar.set_position(log.step);
             bar.set_message(format!(
-                "loss {:.4}  lr {:.2e}  {:.0} tok/s",
-                log.loss, log.lr, log.tokens_per_s
+                "loss {:.4}{}  lr {:.2e}  {:.0} tok/s",
+                log.loss,
+                balance(log),
+                log.lr,
+                log.tokens_per_s
             ));
             if log.step == plan.total_steps {
                 bar.finish();
             }
         } else if log.step == 1 || log.step.is_multiple_of(10) || log.step == plan.total_steps {
             eprintln!(
-                "step {}/{}  loss {:.4}  lr {:.3e}  grad_norm {:.3}  {:.0} tok/s",
-                log.step, plan.total_steps, log.loss, log.lr, log.grad_norm, log.tokens_per_s
+                "step {}/{}  loss {:.4}{}  lr {:.3e}  grad_norm {:.3}  {:.0} tok/s",
+                log.step,
+                plan.total_steps,
+                log.loss,
+                balance(log),
+                log.lr,
+                log.grad_norm,
+                log.tokens_per_s
             );
         }
     }

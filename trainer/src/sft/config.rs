@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::moe::MoeConfig;
 use crate::optim::ScheduleKind;
 
 /// How the loss of an optimiser step averages over its target tokens.
@@ -55,6 +56,10 @@ pub struct SftConfig {
     pub append_eos: bool,
     pub loss_reduction: LossReduction,
     pub checkpoint_every: u64,
+    /// LoRAMoE: a mixture of LoRA experts in every adapted layer instead of one LoRA (absent:
+    /// plain LoRA; absent too from configs written before LoRAMoE existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeConfig>,
 }
 
 /// Values a preset fills; explicit flags override them.

@@ -3,6 +3,10 @@
 //! data → examples → (per optimiser step) micro-batches → loss → gradients accumulated →
 //! clipped → AdamW at the schedule's rate → log line → checkpoint. Everything a step does is a
 //! function of the step number and the seed, which is what makes resuming exact.
+//!
+//! With `--moe-experts` the adapted layers carry mixtures of LoRA experts instead (LoRAMoE, see
+//! [`crate::moe`]); the forward pass then also returns their routing weights, from which the
+//! localized balancing constraint (`balance`) joins the loss.
 
 pub mod checkpoint;
 pub mod config;
@@ -12,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use dtm_model::adapter::PeftAdapter;
 use dtm_model::checkpoint::LoadedModel;
 use dtm_model::model::projection::splitmix;
@@ -25,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::data::examples::{tokenize, Example, TokenizeOptions};
 use crate::data::read_jsonl;
 use crate::lora::{self, LoraParams, LoraSettings};
-use crate::loss::{weighted_nll, WeightedSequence};
+use crate::loss::{weighted_nll_routed, WeightedSequence};
+use crate::moe::{self, Balance, MoeParams, MoeSettings};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 
 pub use config::{LossReduction, Preset, SftConfig};
@@ -37,8 +42,13 @@ pub struct StepLog {
     pub step: u64,
     /// Fractional epoch reached after this step.
     pub epoch: f64,
-    /// The step's loss (with the chosen reduction).
+    /// The step's language-modelling loss (with the chosen reduction); the objective is
+    /// `loss + balance`.
     pub loss: f64,
+    /// LoRAMoE's balance term, λ times the mean over the step's sequences of the summed
+    /// layers' cv² (0 without it).
+    #[serde(default)]
+    pub balance: f64,
     /// The learning rate this step used.
     pub lr: f64,
     /// Global gradient norm before clipping.
@@ -123,7 +133,8 @@ pub fn loss_weights(batch: &[&Example], reduction: LossReduction) -> Vec<Vec<f64
         .collect()
 }
 
-/// Loss and summed gradients of one optimiser step's batch, split into micro-batches.
+/// Loss and summed gradients of one optimiser step's batch, split into micro-batches (plain
+/// LoRA; [`batch_gradients`] is the general form).
 pub fn step_gradients(
     model: &LoadedModel,
     params: &[LoraParams],
@@ -132,10 +143,43 @@ pub fn step_gradients(
     micro_batch_size: usize,
     dropout: Option<(u64, u64)>,
 ) -> anyhow::Result<(f64, Vec<Tensor>)> {
+    let step = batch_gradients(
+        model,
+        &lora::vars(params),
+        batch,
+        reduction,
+        micro_batch_size,
+        dropout,
+        None,
+    )?;
+    Ok((step.loss, step.grads))
+}
+
+/// What one optimiser step's batch gives.
+pub struct StepGradients {
+    /// The language-modelling loss.
+    pub loss: f64,
+    /// LoRAMoE's balance term (0 without one).
+    pub balance: f64,
+    /// The gradient of `loss + balance` for every var, in the vars' order.
+    pub grads: Vec<Tensor>,
+}
+
+/// The loss, the balance term (when `balance` is given) and the summed gradients of their sum
+/// with respect to `vars`, for one optimiser step's batch split into micro-batches.
+pub fn batch_gradients(
+    model: &LoadedModel,
+    vars: &[Var],
+    batch: &[&Example],
+    reduction: LossReduction,
+    micro_batch_size: usize,
+    dropout: Option<(u64, u64)>,
+    balance: Option<&Balance>,
+) -> anyhow::Result<StepGradients> {
     let weights = loss_weights(batch, reduction);
-    let vars = lora::vars(params);
     let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut loss_total = 0.0;
+    let mut balance_total = 0.0;
     for (m, (examples, weights)) in batch
         .chunks(micro_batch_size)
         .zip(weights.chunks(micro_batch_size))
@@ -151,10 +195,23 @@ pub fn step_gradients(
             .collect();
         let key = dropout
             .map(|(seed, step)| DropoutKey(splitmix(seed) ^ splitmix((step << 20) | m as u64)));
-        let (loss, _) = weighted_nll(&model.decoder, &seqs, key)?;
+        let (loss, _, routes) = weighted_nll_routed(&model.decoder, &seqs, key)?;
         loss_total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let store = loss.backward()?;
-        for (g, v) in grads.iter_mut().zip(&vars) {
+        let objective = match balance {
+            Some(b) if b.lambda > 0.0 && !routes.is_empty() => {
+                let sequences: Vec<(usize, usize)> = examples
+                    .iter()
+                    .map(|e| (e.tokens.len(), e.record))
+                    .collect();
+                let term = b.term(&routes, &sequences, b.lambda / batch.len() as f64)?;
+                balance_total += term.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                let term = term.to_dtype(loss.dtype())?;
+                (loss + term)?
+            }
+            _ => loss,
+        };
+        let store = objective.backward()?;
+        for (g, v) in grads.iter_mut().zip(vars) {
             let Some(grad) = store.get(v.as_tensor()) else {
                 continue;
             };
@@ -166,10 +223,87 @@ pub fn step_gradients(
     }
     let grads = grads
         .into_iter()
-        .zip(&vars)
+        .zip(vars)
         .map(|(g, v)| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok((loss_total, grads))
+    Ok(StepGradients {
+        loss: loss_total,
+        balance: balance_total,
+        grads,
+    })
+}
+
+/// The trained parameters: plain LoRA factors, or mixtures of LoRA experts.
+enum Trainable {
+    Lora(Vec<LoraParams>, LoraSettings),
+    Moe(Vec<MoeParams>, MoeSettings),
+}
+
+impl Trainable {
+    fn vars(&self) -> Vec<Var> {
+        match self {
+            Trainable::Lora(p, _) => lora::vars(p),
+            Trainable::Moe(p, _) => moe::vars(p),
+        }
+    }
+
+    /// Writes the adapter folder (PEFT LoRA, or LoRAMoE).
+    fn save(&self, dir: &Path, config: &SftConfig) -> anyhow::Result<()> {
+        let base = config.model.canonicalize().unwrap_or(config.model.clone());
+        let base = base.display().to_string();
+        match self {
+            Trainable::Lora(p, settings) => {
+                lora::to_adapter(p, settings.adapter_config(&base))?.save(dir)?
+            }
+            Trainable::Moe(p, settings) => {
+                let m = config.moe.as_ref().expect("a LoRAMoE run has its settings");
+                moe::to_adapter(p, settings.adapter_config(&base, m.balance, m.delta))?.save(dir)?
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The trainable adapters `config` asks for, attached to `model`, and LoRAMoE's balancing
+/// constraint when λ > 0 (every record must then name its type).
+fn trainable(
+    config: &SftConfig,
+    model: &mut LoadedModel,
+    device: &Device,
+) -> anyhow::Result<(Trainable, Option<Balance>)> {
+    let Some(m) = &config.moe else {
+        let settings = LoraSettings {
+            r: config.lora_r,
+            alpha: config.lora_alpha,
+            dropout: config.lora_dropout,
+            targets: config.lora_targets.clone(),
+        };
+        let init = config
+            .init_adapter
+            .as_deref()
+            .map(|dir| PeftAdapter::load(dir, device))
+            .transpose()?;
+        let params = lora::attach(&mut model.decoder, &settings, config.seed, init.as_ref())?;
+        return Ok((Trainable::Lora(params, settings), None));
+    };
+    let settings = MoeSettings {
+        experts: m.experts,
+        r: m.rank,
+        alpha: config.lora_alpha,
+        dropout: config.lora_dropout,
+        targets: config.lora_targets.clone(),
+    };
+    let params = moe::attach(&mut model.decoder, &settings, config.seed)?;
+    let balance = if m.balance > 0.0 {
+        Some(Balance {
+            lambda: m.balance,
+            delta: m.delta,
+            groups: moe::read_types(&config.data, &m.type_field)?,
+        })
+    } else {
+        None
+    };
+    Ok((Trainable::Moe(params, settings), balance))
 }
 
 /// Runs (or resumes) SFT into `output`; `on_step` sees every step's log line as it is written.
@@ -208,20 +342,9 @@ pub fn run(
             config.max_len
         );
     }
-    let settings = LoraSettings {
-        r: config.lora_r,
-        alpha: config.lora_alpha,
-        dropout: config.lora_dropout,
-        targets: config.lora_targets.clone(),
-    };
-    let init = config
-        .init_adapter
-        .as_deref()
-        .map(|dir| PeftAdapter::load(dir, device))
-        .transpose()?;
-    let params = lora::attach(&mut model.decoder, &settings, config.seed, init.as_ref())?;
+    let (trainable, balance) = trainable(config, &mut model, device)?;
     let mut optimiser = AdamW::new(
-        lora::vars(&params),
+        trainable.vars(),
         AdamWConfig {
             beta1: config.betas.0,
             beta2: config.betas.1,
@@ -266,13 +389,18 @@ pub fn run(
     for step in start_step..plan.total_steps {
         let t0 = Instant::now();
         let batch = plan.batch(step);
-        let (loss, grads) = step_gradients(
+        let StepGradients {
+            loss,
+            balance,
+            grads,
+        } = batch_gradients(
             &model,
-            &params,
+            optimiser.params(),
             &batch,
             config.loss_reduction,
             config.micro_batch_size,
             dropout_seed.map(|s| (s, step)),
+            balance.as_ref(),
         )?;
         let (grad_norm, grads) = clip_grad_norm(grads, config.max_grad_norm)?;
         let lr = schedule.lr_at(step);
@@ -283,14 +411,15 @@ pub fn run(
             step: step + 1,
             epoch: (step + 1) as f64 / plan.steps_per_epoch as f64,
             loss,
+            balance,
             lr,
             grad_norm,
             target_tokens: batch.iter().map(|e| e.target_tokens()).sum(),
             tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64(),
         };
-        if !loss.is_finite() {
+        if !loss.is_finite() || !balance.is_finite() {
             bail!(
-                "step {}: the loss is {loss}; stopping (lower --lr?)",
+                "step {}: the loss is {loss} and the balance term {balance}; stopping (lower --lr?)",
                 step + 1
             );
         }
@@ -308,12 +437,7 @@ pub fn run(
         on_step(&entry, &plan);
     }
     let adapter_dir = output.join("adapter");
-    let base = config.model.canonicalize().unwrap_or(config.model.clone());
-    lora::to_adapter(
-        &params,
-        settings.adapter_config(&base.display().to_string()),
-    )?
-    .save(&adapter_dir)?;
+    trainable.save(&adapter_dir, config)?;
     let wall_s = started.elapsed().as_secs_f64();
     Ok(Summary {
         steps: plan.total_steps,
@@ -370,6 +494,12 @@ fn validate(c: &SftConfig) -> anyhow::Result<()> {
     }
     if c.lora_targets.is_empty() {
         bail!("--lora-targets names no layer");
+    }
+    if let Some(m) = &c.moe {
+        m.validate()?;
+        if c.init_adapter.is_some() {
+            bail!("--init-adapter starts plain LoRA factors; it cannot start a LoRAMoE run (--moe-experts)");
+        }
     }
     Ok(())
 }

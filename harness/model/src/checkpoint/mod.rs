@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-use crate::adapter::PeftAdapter;
+use crate::adapter::AnyAdapter;
 use crate::error::{first_line, LoadError};
 use crate::model::{Decoder, ModelConfig};
 use crate::tokenizer::TextTokenizer;
@@ -19,7 +19,7 @@ use crate::tokenizer::TextTokenizer;
 /// A model ready to run, with its tokenizer.
 pub struct LoadedModel {
     pub path: PathBuf,
-    /// The PEFT adapter applied on top of the checkpoint, if any.
+    /// The adapter folder (PEFT LoRA or LoRAMoE) applied on top of the checkpoint, if any.
     pub adapter: Option<PathBuf>,
     pub decoder: Decoder,
     pub tokenizer: TextTokenizer,
@@ -67,7 +67,8 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel, L
     })
 }
 
-/// Loads a checkpoint and, when given, applies a PEFT LoRA adapter folder to it.
+/// Loads a checkpoint and, when given, applies an adapter folder to it: a PEFT LoRA adapter or
+/// a mixture of LoRA experts (`peft_type: "LORAMOE"`, [`crate::adapter::moe`]).
 pub fn load_with_adapter(
     path: &Path,
     adapter: Option<&Path>,
@@ -76,9 +77,10 @@ pub fn load_with_adapter(
 ) -> Result<LoadedModel, LoadError> {
     let mut model = load(path, dtype, device)?;
     if let Some(dir) = adapter {
-        let peft = PeftAdapter::load(dir, device)?;
+        let adapter = AnyAdapter::load(dir, device)?;
         // `attach` names the adapter's file by its name alone; give its full path.
-        peft.attach(&mut model.decoder)
+        adapter
+            .attach(&mut model.decoder)
             .map_err(|e| LoadError::at(&dir.join(&e.file), e.problem))?;
         model.adapter = Some(dir.to_owned());
     }

@@ -5,6 +5,8 @@
 //! ops (candle's fused versions record no backward pass, and the trainer reuses this code);
 //! softmax is fused only when [`Kernels::Fused`] says the caller does not need gradients.
 
+use std::cell::RefCell;
+
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -125,6 +127,8 @@ struct ForwardContext<'a> {
     kernels: Kernels,
     /// Set while training with LoRA dropout.
     dropout: Option<DropoutKey>,
+    /// The routing weights of every mixture-of-LoRA layer, in the order the layers ran.
+    routes: RefCell<Vec<Tensor>>,
 }
 
 impl ForwardContext<'_> {
@@ -144,6 +148,15 @@ impl ForwardContext<'_> {
             .find(|(s, _)| *s == spec)
             .expect("angles built for every rope")
             .1
+    }
+
+    /// Runs one linear layer, keeping the routing weights a mixture of LoRA experts returns.
+    fn project(&self, proj: &Projection, x: &Tensor) -> Result<Tensor> {
+        let (y, route) = proj.forward_routed(x, self.dropout)?;
+        if let Some(route) = route {
+            self.routes.borrow_mut().push(route);
+        }
+        Ok(y)
     }
 }
 
@@ -195,9 +208,7 @@ impl Attention {
         ctx: &ForwardContext,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let y = proj
-            .forward(x, ctx.dropout)?
-            .reshape((b, t, n, self.head_dim))?;
+        let y = ctx.project(proj, x)?.reshape((b, t, n, self.head_dim))?;
         let y = match norm {
             Some(norm) => norm.forward(&y)?,
             None => y,
@@ -286,7 +297,7 @@ impl Attention {
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&out, ctx.dropout)
+        ctx.project(&self.o_proj, &out)
     }
 }
 
@@ -309,14 +320,13 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor, dropout: Option<DropoutKey>) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, dropout)?;
+    fn forward(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        let gate = ctx.project(&self.gate_proj, x)?;
         let gate = match self.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,
         };
-        self.down_proj
-            .forward(&(gate * self.up_proj.forward(x, dropout)?)?, dropout)
+        ctx.project(&self.down_proj, &(gate * ctx.project(&self.up_proj, x)?)?)
     }
 }
 
@@ -399,12 +409,12 @@ impl Block {
                 let x = (x + attn)?;
                 let mlp = self
                     .mlp
-                    .forward(&self.post_attention_norm.forward(&x)?, ctx.dropout)?;
+                    .forward(&self.post_attention_norm.forward(&x)?, ctx)?;
                 x + mlp
             }
             Some((pre, post)) => {
                 let x = (x + self.post_attention_norm.forward(&attn)?)?;
-                let mlp = self.mlp.forward(&pre.forward(&x)?, ctx.dropout)?;
+                let mlp = self.mlp.forward(&pre.forward(&x)?, ctx)?;
                 x + post.forward(&mlp)?
             }
         }
@@ -498,12 +508,25 @@ impl Decoder {
             cache.valid[row].extend_from_slice(ok);
         }
         let (key_pos, key_valid) = (cache.positions.clone(), cache.valid.clone());
-        self.run(batch, Some(cache), &key_pos, &key_valid, self.kernels, None)
+        Ok(self
+            .run(batch, Some(cache), &key_pos, &key_valid, self.kernels, None)?
+            .0)
     }
 
     /// The training forward pass: whole sequences, no KV cache, only differentiable ops (candle's
     /// fused kernels record no backward pass), LoRA dropout drawn from `dropout` when given.
     pub fn forward_train(&self, batch: &Batch, dropout: Option<DropoutKey>) -> Result<Tensor> {
+        Ok(self.forward_train_routed(batch, dropout)?.0)
+    }
+
+    /// [`Decoder::forward_train`], and the routing weights `[batch, seq, experts]` of every
+    /// mixture-of-LoRA layer in the order the layers run (none without such layers), for the
+    /// trainer's load-balancing loss.
+    pub fn forward_train_routed(
+        &self,
+        batch: &Batch,
+        dropout: Option<DropoutKey>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         self.run(
             batch,
             None,
@@ -522,7 +545,7 @@ impl Decoder {
         key_valid: &[Vec<bool>],
         kernels: Kernels,
         dropout: Option<DropoutKey>,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let b = batch.tokens.len();
         let t = batch.tokens.first().map_or(0, Vec::len);
         let device = self.device().clone();
@@ -560,6 +583,7 @@ impl Decoder {
             angles,
             kernels,
             dropout,
+            routes: RefCell::new(Vec::new()),
         };
 
         let ids = Tensor::from_vec(batch.tokens.concat(), b * t, &device)?;
@@ -575,7 +599,7 @@ impl Decoder {
         for (i, (block, spec)) in self.blocks.iter().zip(&self.cfg.layers).enumerate() {
             x = block.forward(&x, i, spec, &ctx, cache.as_deref_mut())?;
         }
-        self.norm.forward(&x)
+        Ok((self.norm.forward(&x)?, ctx.routes.into_inner()))
     }
 
     /// Every linear layer with its transformers name (`model.layers.3.mlp.gate_proj`).

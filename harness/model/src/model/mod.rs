@@ -9,4 +9,4 @@ pub mod projection;
 pub use config::{Architecture, ModelConfig};
 pub use decoder::{Batch, Decoder, Kernels};
 pub use kv_cache::KvCache;
-pub use projection::{DropoutKey, Lora, Projection};
+pub use projection::{Adapter, DropoutKey, Lora, MoeLora, Projection};
