@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use dtm_harness::checkpoint::{self, LoadedModel};
 use dtm_harness::engine::{Ensemble, EnsembleMode};
 use dtm_harness::error::LoadError;
-use dtm_model::adapter::PeftAdapter;
+use dtm_model::adapter::AnyAdapter;
 
 /// `--adapter none` stands for "no adapter" where adapters are paired with several models.
 const NO_ADAPTER: &str = "none";
@@ -83,9 +83,11 @@ pub fn load(
             tokenizer: base.tokenizer.clone(),
         };
         if let Some(dir) = &m.adapter {
-            let peft = PeftAdapter::load(dir, device)?;
+            // A LoRA (PEFT) or LoRAMoE adapter, by its config's peft_type.
+            let adapter = AnyAdapter::load(dir, device)?;
             // `attach` names the adapter's file by its name alone; give its full path.
-            peft.attach(&mut model.decoder)
+            adapter
+                .attach(&mut model.decoder)
                 .map_err(|e| LoadError::at(&dir.join(&e.file), e.problem))?;
             model.adapter = Some(dir.clone());
         }
