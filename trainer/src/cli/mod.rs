@@ -2,6 +2,7 @@
 
 mod bench;
 mod data;
+mod fisher;
 mod sft;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     Data(data::DataCommand),
     /// LoRA instruction tuning (the paper's Vanilla SFT); writes a PEFT adapter.
     Sft(Box<sft::SftArgs>),
+    /// The diagonal empirical Fisher of the adapted weight matrices (for EWC and Fisher merging).
+    Fisher(fisher::FisherArgs),
     /// Speed and peak memory of LoRA training steps on random token batches.
     Bench(bench::BenchArgs),
 }
@@ -36,5 +39,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::Sft(args) => sft::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Fisher(args) => fisher::run(args),
     }
 }

@@ -1,4 +1,5 @@
-//! `trainer sft`: LoRA instruction tuning (the paper's Vanilla SFT).
+//! `trainer sft`: LoRA instruction tuning (the paper's Vanilla SFT) and the L2, EWC and Replay
+//! baselines of Table 1.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use dtm_model::device::{device, DeviceKind};
 use dtm_trainer::optim::ScheduleKind;
-use dtm_trainer::sft::{self, LossReduction, Preset, SftConfig};
+use dtm_trainer::sft::{self, LossReduction, Preset, Regularisation, SftConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Every flag is optional: unset ones take the preset's value (PROTOCOL.md §4); an explicit flag
@@ -99,6 +100,26 @@ pub struct SftArgs {
     /// Write a resumable checkpoint every N optimiser steps (and at the end).
     #[arg(long, default_value_t = 50)]
     checkpoint_every: u64,
+    /// Penalty added to the loss: l2 = λ/2·Σ‖ΔW‖²_F, ewc = λ/2·Σ F⊙ΔW² (needs --fisher), over the
+    /// adapted matrices with ΔW = (alpha/r)·B·A. The log's `loss` stays the LM loss; `penalty` is
+    /// logged beside it.
+    #[arg(long, value_enum, default_value = "none")]
+    reg: Regularisation,
+    /// λ of --reg (required with it; 0 gives Vanilla's run).
+    #[arg(long)]
+    reg_lambda: Option<f64>,
+    /// The base model's diagonal Fisher for --reg ewc, from `trainer fisher --model M --data
+    /// ../shared/data/replay_text --output F.safetensors` with the same --lora-targets.
+    #[arg(long)]
+    fisher: Option<PathBuf>,
+    /// Replay: plain text (a .txt file with one document per line, a .jsonl file with a `text`
+    /// field, or a folder of them) cut into --max-len-token chunks that join every optimiser batch
+    /// with the LM loss on all their tokens. --batch-size counts SFT sequences only.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// Replay tokens per SFT token (prompts included) with --replay; 1 = the paper's 1:1 mix.
+    #[arg(long)]
+    replay_ratio: Option<f64>,
     /// Continue the run in --output from its last checkpoint (same settings required).
     #[arg(long)]
     resume: bool,
@@ -125,6 +146,20 @@ impl SftArgs {
             None => p.betas,
         };
         let batch_size = self.batch_size.unwrap_or(p.batch_size);
+        let reg_lambda = match (self.reg, self.reg_lambda) {
+            (_, Some(lambda)) => lambda,
+            (Regularisation::None, None) => 0.0,
+            (reg, None) => bail!(
+                "--reg {} needs --reg-lambda λ",
+                clap::ValueEnum::to_possible_value(&reg)
+                    .map_or(String::new(), |v| v.get_name().to_owned())
+            ),
+        };
+        let replay_ratio = match (&self.replay, self.replay_ratio) {
+            (_, Some(ratio)) => ratio,
+            (Some(_), None) => 1.0,
+            (None, None) => 0.0,
+        };
         Ok(SftConfig {
             model: self.model.clone(),
             data: self.data.clone(),
@@ -155,6 +190,11 @@ impl SftArgs {
             append_eos: !self.no_eos && p.append_eos,
             loss_reduction: self.loss_reduction.unwrap_or(p.loss_reduction),
             checkpoint_every: self.checkpoint_every,
+            reg: self.reg,
+            reg_lambda,
+            fisher: self.fisher.clone(),
+            replay: self.replay.clone(),
+            replay_ratio,
         })
     }
 }
@@ -163,6 +203,14 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let device = device(args.device)?;
     let terminal = std::io::stderr().is_terminal();
+    let penalised = config.reg != Regularisation::None;
+    let penalty = move |log: &sft::StepLog| {
+        if penalised {
+            format!("  penalty {:.4e}", log.penalty)
+        } else {
+            String::new()
+        }
+    };
     let mut bar: Option<ProgressBar> = None;
     let mut on_step = |log: &sft::StepLog, plan: &sft::Plan| {
         if terminal {
@@ -178,13 +226,22 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
             });
             bar.set_position(log.step);
             bar.set_message(format!(
-                "loss {:.4}  lr {:.2e}  {:.0} tok/s",
-                log.loss, log.lr, log.tokens_per_s
+                "loss {:.4}{}  lr {:.2e}  {:.0} tok/s",
+                log.loss,
+                penalty(log),
+                log.lr,
+                log.tokens_per_s
             ));
         } else if log.step == 1 || log.step.is_multiple_of(10) || log.step == plan.total_steps {
             eprintln!(
-                "step {}/{}  loss {:.4}  lr {:.3e}  grad_norm {:.3}  {:.0} tok/s",
-                log.step, plan.total_steps, log.loss, log.lr, log.grad_norm, log.tokens_per_s
+                "step {}/{}  loss {:.4}{}  lr {:.3e}  grad_norm {:.3}  {:.0} tok/s",
+                log.step,
+                plan.total_steps,
+                log.loss,
+                penalty(log),
+                log.lr,
+                log.grad_norm,
+                log.tokens_per_s
             );
         }
     };
@@ -193,12 +250,14 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
         bar.finish();
     }
     eprintln!(
-        "trained {} steps on {} examples ({} records dropped: no response token left after truncation) in {:.1} s: {:.0} tokens/s, peak memory {:.0} MB; adapter in {}",
+        "trained {} steps on {} examples ({} records dropped: no response token left after truncation) in {:.1} s: {:.0} tokens/s ({} of {} tokens replayed), peak memory {:.0} MB; adapter in {}",
         summary.steps,
         summary.examples,
         summary.dropped_records,
         summary.wall_s,
         summary.tokens_per_s,
+        summary.replay_tokens,
+        summary.tokens,
         summary.peak_rss_mb,
         summary.adapter.display()
     );
