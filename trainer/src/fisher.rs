@@ -151,7 +151,9 @@ fn accumulate(
         let mut store = loss.backward()?;
         for (sum, var) in sums.iter_mut().zip(vars) {
             if let Some(g) = store.remove(var.as_tensor()) {
-                *sum = (&*sum + g.sqr()?)?;
+                // Detached: a gradient may still hold its backward graph, which the running sum
+                // would otherwise keep alive from one sequence to the next.
+                *sum = (&*sum + g.detach().sqr()?)?;
             }
         }
         on_sequence(i + 1);
@@ -194,25 +196,46 @@ pub fn save(path: &Path, fisher: &Fisher) -> Result<(), FisherError> {
     Ok(())
 }
 
-/// Reads a Fisher file (float32 tensors in `dtype` on `device`, and its metadata).
+/// Reads a Fisher file (its tensors in `dtype` on `device`, and its metadata), one tensor at a
+/// time, so that reading takes no more memory than the tensors themselves plus one of them.
 pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Fisher, FisherError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| FisherError::file(path, format!("cannot read: {e}")))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| FisherError::file(path, format!("not a safetensors file: {e}")))?;
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |problem: String| FisherError::file(path, problem);
+    let not_safetensors = |e: &dyn std::fmt::Display| bad(format!("not a safetensors file: {e}"));
+    let mut file = std::fs::File::open(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| not_safetensors(&e))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(not_safetensors(&format!("a {len}-byte header")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| not_safetensors(&e))?;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| not_safetensors(&e))?;
     let metadata: BTreeMap<String, String> = header
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .map_err(|e| FisherError::file(path, format!("cannot read: {e}")))?
-        .into_iter()
-        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
-        .collect::<candle_core::Result<BTreeMap<_, _>>>()?;
+        .remove("__metadata__")
+        .and_then(|m| serde_json::from_value(m).ok())
+        .unwrap_or_default();
+    let mut tensors = BTreeMap::new();
+    for (name, info) in header {
+        let info: safetensors::tensor::TensorInfo =
+            serde_json::from_value(info).map_err(|e| not_safetensors(&e))?;
+        let (begin, end) = info.data_offsets;
+        let mut bytes = vec![0u8; end.saturating_sub(begin)];
+        file.seek(SeekFrom::Start(8 + len + begin as u64))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .map_err(|e| bad(format!("tensor {name}: cannot read: {e}")))?;
+        let view = safetensors::tensor::TensorView::new(info.dtype, info.shape, &bytes)
+            .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        let t = candle_core::safetensors::Load::load(&view, device)
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        tensors.insert(name, t);
+    }
     if tensors.is_empty() {
-        return Err(FisherError::file(path, "holds no tensor"));
+        return Err(bad("holds no tensor".into()));
     }
     Ok(Fisher { tensors, metadata })
 }

@@ -140,6 +140,9 @@ fn l2_penalty_is_half_lambda_times_the_squared_norm_of_delta_w_and_its_gradient_
         (value - expected).abs() <= 1e-12 * expected,
         "{value} vs {expected}"
     );
+    // Plain values: a gradient that kept its graph would chain every step's graph (and, for
+    // EWC, ΔW-sized intermediates) into AdamW's moments.
+    assert!(grads.iter().all(|g| !g.track_op()));
     let f = || penalty_gradients(&l2, &params).unwrap().0;
     check_against_finite_differences(&params, &grads, &f, 1e-6, 1e-7);
 }
@@ -196,6 +199,9 @@ fn ewc_penalty_is_half_lambda_times_fisher_weighted_delta_w_squared_and_its_grad
         (value - expected).abs() <= 1e-12 * expected,
         "{value} vs {expected}"
     );
+    // Plain values: a gradient that kept its graph would chain every step's graph (and, for
+    // EWC, ΔW-sized intermediates) into AdamW's moments.
+    assert!(grads.iter().all(|g| !g.track_op()));
     let penalty = || penalty_gradients(&ewc, &params).unwrap().0;
     check_against_finite_differences(&params, &grads, &penalty, 1e-6, 1e-7);
 

@@ -39,7 +39,10 @@ pub fn penalty_gradients(
         let mut store = term.backward()?;
         for var in [&layer.a, &layer.b] {
             grads.push(match store.remove(var.as_tensor()) {
-                Some(g) => g,
+                // A factor's gradient here is a product with the other factor, a variable, so
+                // candle records its graph; detached, the optimiser's moments do not keep every
+                // step's graph (and ΔW-sized intermediates) alive.
+                Some(g) => g.detach(),
                 None => var.as_tensor().zeros_like()?,
             });
         }

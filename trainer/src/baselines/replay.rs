@@ -3,6 +3,10 @@
 //! loss on every token of a chunk (every token after the first; with a BOS-adding tokenizer the
 //! chunk starts with BOS, so that is every text token).
 //!
+//! Replay chunks are sequences of the step like the SFT ones: under the token-mean loss every
+//! replay token weighs as much as a response token; under the per-sequence loss each chunk is one
+//! sequence. `--batch-size` counts the SFT sequences; the chunks come on top.
+//!
 //! SFT tokens count whole sequences (prompt, response, BOS/EOS), the data the model is fed. After
 //! step k the run has taken ⌊R·S_k / L⌋ chunks of L tokens, S_k the SFT tokens of steps 0..k, so
 //! the replayed tokens never trail R·S_k by a chunk or more. The chunks are used in a seeded
