@@ -4,9 +4,11 @@
 //! Model code lives in `dtm-model`; this crate holds the training recipes and the parts they
 //! compose (data, optimiser, schedules, checkpoints).
 
+pub mod baselines;
 pub mod data;
 pub mod disperse;
 pub mod embed;
+pub mod fisher;
 pub mod lora;
 pub mod loss;
 pub mod merge;

@@ -85,12 +85,12 @@ fn log_lines(output: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn killed_and_resumed_run_ends_with_the_uninterrupted_adapter() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = data(dir.path());
-    let straight = dir.path().join("straight");
-    let out = trainer().args(sft_args(&data, &straight)).output().unwrap();
+/// Runs `args(output)` straight, then again killed with SIGKILL mid-run (after a checkpoint,
+/// before the end) and resumed with the same command; the adapters and logs must be identical.
+/// Returns the two output folders.
+fn kill_and_resume(dir: &Path, args: &dyn Fn(&Path) -> Vec<String>) -> (PathBuf, PathBuf) {
+    let straight = dir.join("straight");
+    let out = trainer().args(args(&straight)).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -100,9 +100,9 @@ fn killed_and_resumed_run_ends_with_the_uninterrupted_adapter() {
     assert_eq!(total, 20, "40 records, batch 4, 2 epochs");
 
     // Kill -9 mid-run, after a checkpoint and before the end, then resume with the same command.
-    let killed = dir.path().join("killed");
+    let killed = dir.join("killed");
     let mut child = trainer()
-        .args(sft_args(&data, &killed))
+        .args(args(&killed))
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -121,12 +121,12 @@ fn killed_and_resumed_run_ends_with_the_uninterrupted_adapter() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!killed.join("adapter").exists());
-    let refused = trainer().args(sft_args(&data, &killed)).output().unwrap();
+    let refused = trainer().args(args(&killed)).output().unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
-    let mut args = sft_args(&data, &killed);
-    args.push("--resume".into());
-    let out = trainer().args(&args).output().unwrap();
+    let mut resumed = args(&killed);
+    resumed.push("--resume".into());
+    let out = trainer().args(&resumed).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -138,10 +138,25 @@ fn killed_and_resumed_run_ends_with_the_uninterrupted_adapter() {
     assert_eq!(a, b, "resumed adapter differs from the uninterrupted one");
     assert_eq!(log_lines(&straight).len(), log_lines(&killed).len());
     for (x, y) in log_lines(&straight).iter().zip(log_lines(&killed)) {
-        assert_eq!(x["loss"], y["loss"]);
-        assert_eq!(x["lr"], y["lr"]);
-        assert_eq!(x["grad_norm"], y["grad_norm"]);
+        for key in [
+            "loss",
+            "penalty",
+            "lr",
+            "grad_norm",
+            "sft_tokens",
+            "replay_tokens",
+        ] {
+            assert_eq!(x[key], y[key], "{key}");
+        }
     }
+    (straight, killed)
+}
+
+#[test]
+fn killed_and_resumed_run_ends_with_the_uninterrupted_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let (_, killed) = kill_and_resume(dir.path(), &|out| sft_args(&data, out));
 
     // A resume with other settings is refused.
     let mut other = sft_args(&data, &killed);
@@ -300,4 +315,420 @@ fn tokens_are_prompt_then_output_then_eos_with_loss_on_the_response() {
     .unwrap();
     assert!(ex.is_empty());
     assert_eq!(dropped, 1);
+}
+
+fn wiki_demo() -> PathBuf {
+    shared().join("data/replay_text/llamafactory/data/wiki_demo.txt")
+}
+
+/// `trainer fisher` of `model` over a few 64-token chunks of Wikipedia text, on the layers
+/// `sft_args` adapts unless `extra` names others.
+fn fisher_file(model: &Path, output: &Path, extra: &[&str]) -> PathBuf {
+    let targets = match extra.contains(&"--lora-targets") {
+        true => &[][..],
+        false => &["--lora-targets", "q_proj,v_proj,gate_proj,down_proj"][..],
+    };
+    let out = trainer()
+        .args(["fisher", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(wiki_demo())
+        .arg("--output")
+        .arg(output)
+        .args(["--samples", "6", "--max-len", "64"])
+        .args(targets)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    output.to_owned()
+}
+
+fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run_ok(args: &[String]) {
+    let out = trainer().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn ewc_and_replay_runs_resume_exactly_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let fisher = fisher_file(&tiny_llama(), &dir.path().join("F.safetensors"), &[]);
+    let args = |out: &Path| {
+        with(
+            sft_args(&data, out),
+            &[
+                "--reg",
+                "ewc",
+                "--fisher",
+                fisher.to_str().unwrap(),
+                "--reg-lambda",
+                "1000",
+                "--replay",
+                wiki_demo().to_str().unwrap(),
+                "--replay-ratio",
+                "0.5",
+            ],
+        )
+    };
+    let (straight, _) = kill_and_resume(dir.path(), &args);
+    let log = log_lines(&straight);
+    assert!(log
+        .iter()
+        .skip(3)
+        .all(|l| l["penalty"].as_f64().unwrap() > 0.0));
+    assert!(
+        log.iter()
+            .map(|l| l["replay_tokens"].as_u64().unwrap())
+            .sum::<u64>()
+            > 0
+    );
+}
+
+#[test]
+fn zero_lambda_and_zero_replay_ratio_give_the_vanilla_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let fisher = fisher_file(&tiny_llama(), &dir.path().join("F.safetensors"), &[]);
+    let short = |name: &str| {
+        with(
+            sft_args(&data, &dir.path().join(name)),
+            &["--max-steps", "6"],
+        )
+    };
+    run_ok(&short("vanilla"));
+    run_ok(&with(short("l2_0"), &["--reg", "l2", "--reg-lambda", "0"]));
+    run_ok(&with(
+        short("ewc_0"),
+        &[
+            "--reg",
+            "ewc",
+            "--reg-lambda",
+            "0",
+            "--fisher",
+            fisher.to_str().unwrap(),
+        ],
+    ));
+    run_ok(&with(
+        short("replay_0"),
+        &[
+            "--replay",
+            wiki_demo().to_str().unwrap(),
+            "--replay-ratio",
+            "0",
+        ],
+    ));
+    run_ok(&with(short("l2"), &["--reg", "l2", "--reg-lambda", "50"]));
+    run_ok(&with(
+        short("ewc"),
+        &[
+            "--reg",
+            "ewc",
+            "--reg-lambda",
+            "1e4",
+            "--fisher",
+            fisher.to_str().unwrap(),
+        ],
+    ));
+    run_ok(&with(
+        short("replay"),
+        &["--replay", wiki_demo().to_str().unwrap()],
+    ));
+
+    let adapter = |name: &str| {
+        std::fs::read(
+            dir.path()
+                .join(name)
+                .join("adapter/adapter_model.safetensors"),
+        )
+        .unwrap()
+    };
+    let vanilla_log = log_lines(&dir.path().join("vanilla"));
+    for name in ["l2_0", "ewc_0", "replay_0"] {
+        assert!(
+            adapter(name) == adapter("vanilla"),
+            "{name} differs from Vanilla"
+        );
+        let log = log_lines(&dir.path().join(name));
+        assert_eq!(log.len(), vanilla_log.len());
+        for (x, y) in vanilla_log.iter().zip(&log) {
+            for key in ["loss", "grad_norm", "target_tokens", "sft_tokens"] {
+                assert_eq!(x[key], y[key], "{name} {key}");
+            }
+            assert_eq!(y["penalty"], 0.0);
+            assert_eq!(y["replay_tokens"], 0);
+        }
+    }
+    for name in ["l2", "ewc", "replay"] {
+        assert!(adapter(name) != adapter("vanilla"), "{name} is Vanilla");
+    }
+    // ΔW = 0 until the first update (B = 0, and the first warm-up step has learning rate 0).
+    for name in ["l2", "ewc"] {
+        let log = log_lines(&dir.path().join(name));
+        assert_eq!(log[0]["penalty"], 0.0);
+        assert_eq!(log[1]["penalty"], 0.0);
+        assert!(
+            log[2..]
+                .iter()
+                .all(|l| l["penalty"].as_f64().unwrap() > 0.0),
+            "{name}"
+        );
+        assert_eq!(log[0]["loss"], vanilla_log[0]["loss"]);
+    }
+    // Replay at 1:1: the replayed tokens trail the SFT tokens by less than one 96-token chunk.
+    let log = log_lines(&dir.path().join("replay"));
+    let (mut sft, mut replayed) = (0u64, 0u64);
+    for (x, y) in vanilla_log.iter().zip(&log) {
+        assert_eq!(x["sft_tokens"], y["sft_tokens"]);
+        sft += y["sft_tokens"].as_u64().unwrap();
+        replayed += y["replay_tokens"].as_u64().unwrap();
+        assert!(
+            replayed <= sft && sft - replayed < 96,
+            "{replayed} replayed for {sft}"
+        );
+        assert_ne!(x["loss"], y["loss"]);
+    }
+    assert!(replayed > 0);
+}
+
+#[test]
+fn baseline_misuse_is_one_clear_error_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let fisher = fisher_file(&tiny_llama(), &dir.path().join("F.safetensors"), &[]);
+    let mut n = 0;
+    let mut refused = |extra: &[&str]| {
+        n += 1;
+        let output = dir.path().join(format!("refused{n}"));
+        let out = trainer()
+            .args(with(sft_args(&data, &output), extra))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        assert!(
+            !output.join("train_log.jsonl").exists(),
+            "{extra:?}: training started"
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        err
+    };
+    let f = fisher.to_str().unwrap();
+    let e = refused(&["--reg", "ewc", "--reg-lambda", "1"]);
+    assert!(e.contains("--reg ewc needs --fisher"), "{e}");
+    let e = refused(&["--reg", "l2"]);
+    assert!(e.contains("--reg l2 needs --reg-lambda"), "{e}");
+    let e = refused(&["--reg", "l2", "--reg-lambda=-0.5"]);
+    assert!(
+        e.contains("--reg-lambda must be a non-negative number"),
+        "{e}"
+    );
+    let e = refused(&["--reg-lambda", "1"]);
+    assert!(
+        e.contains("--reg-lambda needs --reg l2 or --reg ewc"),
+        "{e}"
+    );
+    let e = refused(&["--reg", "l2", "--reg-lambda", "1", "--fisher", f]);
+    assert!(e.contains("--fisher is used by --reg ewc only"), "{e}");
+    let e = refused(&[
+        "--replay",
+        wiki_demo().to_str().unwrap(),
+        "--replay-ratio=-1",
+    ]);
+    assert!(
+        e.contains("--replay-ratio must be a non-negative number"),
+        "{e}"
+    );
+    let e = refused(&["--replay-ratio", "1"]);
+    assert!(e.contains("--replay-ratio needs --replay"), "{e}");
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    let e = refused(&["--replay", empty.to_str().unwrap()]);
+    assert!(e.contains("empty.txt: holds no text"), "{e}");
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "only a few words\n").unwrap();
+    let e = refused(&["--replay", short.to_str().unwrap()]);
+    assert!(
+        e.contains("short.txt: holds 4 tokens, fewer than one chunk"),
+        "{e}"
+    );
+
+    // Fisher files that do not fit: another model of the same shapes, other layers, other
+    // shapes, an adapted model's.
+    let ewc = |f: &Path| {
+        vec!["--reg", "ewc", "--reg-lambda", "1", "--fisher"]
+            .into_iter()
+            .map(String::from)
+            .chain([f.to_str().unwrap().to_owned()])
+            .collect::<Vec<_>>()
+    };
+    let qwen = fisher_file(
+        &shared().join("models/tiny/qwen2"),
+        &dir.path().join("qwen.safetensors"),
+        &[],
+    );
+    let e = refused(&ewc(&qwen).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        e.contains("qwen.safetensors: the Fisher of") && e.contains("qwen2 (sha256"),
+        "{e}"
+    );
+    assert!(e.contains("not of --model"), "{e}");
+    let mlp = fisher_file(
+        &tiny_llama(),
+        &dir.path().join("mlp.safetensors"),
+        &["--lora-targets", "gate_proj,up_proj,down_proj"],
+    );
+    let e = refused(&ewc(&mlp).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        e.contains("mlp.safetensors: has no tensor model.layers.0.self_attn.q_proj.weight"),
+        "{e}"
+    );
+    let shaped = dir.path().join("shaped.safetensors");
+    let mut tensors = candle_core::safetensors::load(&fisher, &Device::Cpu).unwrap();
+    tensors.insert(
+        "model.layers.1.mlp.gate_proj.weight".into(),
+        candle_core::Tensor::ones((32, 64), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, &shaped).unwrap();
+    let e = refused(&ewc(&shaped).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        e.contains("shaped.safetensors: tensor model.layers.1.mlp.gate_proj.weight has shape [32, 64], but this model's model.layers.1.mlp.gate_proj.weight is [64, 32]"),
+        "{e}"
+    );
+    let adapted = fisher_file(
+        &tiny_llama(),
+        &dir.path().join("adapted.safetensors"),
+        &[
+            "--adapter",
+            shared()
+                .join("fixtures/tiny-llama-lora-grad/adapter_init")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    let e = refused(&ewc(&adapted).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(e.contains("EWC needs the base model's"), "{e}");
+}
+
+#[test]
+fn fisher_cli_writes_one_tensor_per_adapted_matrix_with_its_provenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let read = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = header.metadata().clone().unwrap();
+        (
+            candle_core::safetensors::load(path, &Device::Cpu).unwrap(),
+            meta,
+        )
+    };
+    // Text: six chunks drawn from Wikipedia; SFT records: all 40, targets as in `trainer sft`.
+    let text = fisher_file(&tiny_llama(), &dir.path().join("text.safetensors"), &[]);
+    let sft = dir.path().join("sft.safetensors");
+    let out = trainer()
+        .args(["fisher", "--model"])
+        .arg(tiny_llama())
+        .arg("--data")
+        .arg(&data)
+        .arg("--output")
+        .arg(&sft)
+        .args(["--max-len", "96"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let model = checkpoint::load(&tiny_llama(), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let records = dtm_trainer::data::read_jsonl(&data).unwrap();
+    let options = TokenizeOptions {
+        max_len: 96,
+        append_eos: true,
+    };
+    let n = tokenize(&records, &model.tokenizer, options)
+        .unwrap()
+        .0
+        .len();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("over {n} of {n} SFT records")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (t, meta) = read(&text);
+    assert_eq!(meta["sequences"], "6");
+    assert_eq!(meta["tokens"], "384");
+    assert_eq!(
+        meta["model_sha256"],
+        checkpoint::fingerprint(&tiny_llama()).unwrap()
+    );
+    assert_eq!(meta["format"], dtm_trainer::fisher::FORMAT);
+    let mut names: Vec<&String> = t.keys().collect();
+    names.sort();
+    assert_eq!(names.len(), 8, "2 layers × 4 matrices");
+    assert_eq!(names[0], "model.layers.0.mlp.down_proj.weight");
+    assert_eq!(t["model.layers.0.mlp.down_proj.weight"].dims(), [32, 64]);
+    assert_eq!(t["model.layers.1.self_attn.v_proj.weight"].dims(), [16, 32]);
+    let (s, meta) = read(&sft);
+    assert_eq!(meta["sequences"], n.to_string());
+    assert_eq!(
+        s.len(),
+        6,
+        "the default targets: gate/up/down_proj × 2 layers"
+    );
+    for f in t.values().chain(s.values()) {
+        assert_eq!(f.dtype(), candle_core::DType::F32);
+        let min: f32 = f
+            .flatten_all()
+            .unwrap()
+            .min(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let max: f32 = f
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(min >= 0.0 && max > 0.0 && max.is_finite());
+    }
+
+    let refused = |extra: &[&str]| {
+        let out = trainer()
+            .args(["fisher", "--model"])
+            .arg(tiny_llama())
+            .arg("--output")
+            .arg(dir.path().join("never.safetensors"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(!dir.path().join("never.safetensors").exists());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let d = data.to_str().unwrap();
+    let e = refused(&["--data", d, "--lora-targets", "nope_proj"]);
+    assert!(e.contains("no layer named nope_proj"), "{e}");
+    let e = refused(&["--data", d, "--samples", "0"]);
+    assert!(e.contains("--samples must be positive"), "{e}");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"body\": 3}\n").unwrap();
+    let e = refused(&["--data", bad.to_str().unwrap()]);
+    assert!(e.contains("bad.jsonl:2: no `text` field"), "{e}");
 }

@@ -6,6 +6,7 @@ mod disperse;
 mod dtm;
 mod embed;
 mod export;
+mod fisher;
 mod merge;
 mod select;
 mod sft;
@@ -34,6 +35,8 @@ enum Command {
     Data(data::DataCommand),
     /// LoRA instruction tuning (the paper's Vanilla SFT); writes a PEFT adapter.
     Sft(Box<sft::SftArgs>),
+    /// The diagonal empirical Fisher of the adapted weight matrices (for EWC and Fisher merging).
+    Fisher(fisher::FisherArgs),
     /// Speed and peak memory of LoRA training steps on random token batches.
     Bench(bench::BenchArgs),
     /// Merge a LoRA adapter into its base model and write a Hugging Face folder.
@@ -63,5 +66,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => embed::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Select(args) => select::run(*args),
+        Command::Fisher(args) => fisher::run(args),
     }
 }

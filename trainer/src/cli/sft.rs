@@ -1,5 +1,5 @@
-//! `trainer sft`: LoRA instruction tuning (the paper's Vanilla SFT), or LoRAMoE with
-//! `--moe-experts`.
+//! `trainer sft`: LoRA instruction tuning (the paper's Vanilla SFT), the L2, EWC and Replay
+//! baselines of Table 1, and LoRAMoE with `--moe-experts`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use clap::Args;
 use dtm_model::device::{device, DeviceKind};
 use dtm_trainer::moe::MoeConfig;
 use dtm_trainer::optim::ScheduleKind;
-use dtm_trainer::sft::{self, LossReduction, Preset, SftConfig};
+use dtm_trainer::sft::{self, LossReduction, Preset, Regularisation, SftConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
@@ -114,6 +114,26 @@ pub struct SftOptions {
     /// Write a resumable checkpoint every N optimiser steps (and at the end); default 50.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
+    /// Penalty added to the loss: l2 = λ/2·Σ‖ΔW‖²_F, ewc = λ/2·Σ F⊙ΔW² (needs --fisher), over the
+    /// adapted matrices with ΔW = (alpha/r)·B·A. The log's `loss` stays the LM loss; `penalty` is
+    /// logged beside it.
+    #[arg(long, value_enum, default_value = "none")]
+    pub reg: Regularisation,
+    /// λ of --reg (required with it; 0 gives Vanilla's run).
+    #[arg(long)]
+    pub reg_lambda: Option<f64>,
+    /// The base model's diagonal Fisher for --reg ewc, from `trainer fisher --model M --data
+    /// ../shared/data/replay_text --output F.safetensors` with the same --lora-targets.
+    #[arg(long)]
+    pub fisher: Option<PathBuf>,
+    /// Replay: plain text (a .txt file with one document per line, a .jsonl file with a `text`
+    /// field, or a folder of them) cut into --max-len-token chunks that join every optimiser batch
+    /// with the LM loss on all their tokens. --batch-size counts SFT sequences only.
+    #[arg(long)]
+    pub replay: Option<PathBuf>,
+    /// Replay tokens per SFT token (prompts included) with --replay; 1 = the paper's 1:1 mix.
+    #[arg(long)]
+    pub replay_ratio: Option<f64>,
     /// LoRAMoE (Dou et al., 2023): E LoRA experts and a token-level softmax router in every
     /// adapted layer instead of one LoRA; --lora-alpha, --lora-dropout and --lora-targets apply to
     /// every expert. The adapter folder is LoRAMoE's (peft_type LORAMOE), which `harness
@@ -173,6 +193,20 @@ impl SftOptions {
             None => p.betas,
         };
         let batch_size = self.batch_size.unwrap_or(p.batch_size);
+        let reg_lambda = match (self.reg, self.reg_lambda) {
+            (_, Some(lambda)) => lambda,
+            (Regularisation::None, None) => 0.0,
+            (reg, None) => bail!(
+                "--reg {} needs --reg-lambda λ",
+                clap::ValueEnum::to_possible_value(&reg)
+                    .map_or(String::new(), |v| v.get_name().to_owned())
+            ),
+        };
+        let replay_ratio = match (&self.replay, self.replay_ratio) {
+            (_, Some(ratio)) => ratio,
+            (Some(_), None) => 1.0,
+            (None, None) => 0.0,
+        };
         Ok(SftConfig {
             model,
             data,
@@ -210,6 +244,11 @@ impl SftOptions {
                 delta: self.moe_balance_delta,
                 type_field: self.moe_type_field.clone(),
             }),
+            reg: self.reg,
+            reg_lambda,
+            fisher: self.fisher.clone(),
+            replay: self.replay.clone(),
+            replay_ratio,
         })
     }
 }
@@ -225,12 +264,14 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
         &mut progress_printer(),
     )?;
     eprintln!(
-        "trained {} steps on {} examples ({} records dropped: no response token left after truncation) in {:.1} s: {:.0} tokens/s, peak memory {:.0} MB; adapter in {}",
+        "trained {} steps on {} examples ({} records dropped: no response token left after truncation) in {:.1} s: {:.0} tokens/s ({} of {} tokens replayed), peak memory {:.0} MB; adapter in {}",
         summary.steps,
         summary.examples,
         summary.dropped_records,
         summary.wall_s,
         summary.tokens_per_s,
+        summary.replay_tokens,
+        summary.tokens,
         summary.peak_rss_mb,
         summary.adapter.display()
     );
@@ -240,13 +281,16 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
 /// Shows training progress: a bar with loss and ETA on a terminal, a line every 10 steps in logs.
 pub fn progress_printer() -> impl FnMut(&sft::StepLog, &sft::Plan) {
     let terminal = std::io::stderr().is_terminal();
-    // LoRAMoE's balancing term, shown when it is in use.
-    let balance = move |log: &sft::StepLog| {
+    // LoRAMoE's balancing term and a regulariser's penalty, shown when in use.
+    let extra = move |log: &sft::StepLog| {
+        let mut text = String::new();
         if log.balance != 0.0 {
-            format!("  balance {:.4e}", log.balance)
-        } else {
-            String::new()
+            text += &format!("  balance {:.4e}", log.balance);
         }
+        if log.penalty != 0.0 {
+            text += &format!("  penalty {:.4e}", log.penalty);
+        }
+        text
     };
     let mut bar: Option<ProgressBar> = None;
     move |log: &sft::StepLog, plan: &sft::Plan| {
@@ -265,7 +309,7 @@ pub fn progress_printer() -> impl FnMut(&sft::StepLog, &sft::Plan) {
             bar.set_message(format!(
                 "loss {:.4}{}  lr {:.2e}  {:.0} tok/s",
                 log.loss,
-                balance(log),
+                extra(log),
                 log.lr,
                 log.tokens_per_s
             ));
@@ -278,7 +322,7 @@ pub fn progress_printer() -> impl FnMut(&sft::StepLog, &sft::Plan) {
                 log.step,
                 plan.total_steps,
                 log.loss,
-                balance(log),
+                extra(log),
                 log.lr,
                 log.grad_norm,
                 log.tokens_per_s

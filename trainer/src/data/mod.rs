@@ -3,6 +3,7 @@
 
 pub mod examples;
 pub mod mix;
+pub mod text;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};

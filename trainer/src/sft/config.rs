@@ -17,6 +17,19 @@ pub enum LossReduction {
     Sequence,
 }
 
+/// The penalty added to the loss (PROTOCOL.md §4's regularised baselines).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Regularisation {
+    /// No penalty (Vanilla).
+    #[default]
+    None,
+    /// λ/2 · Σ ‖ΔW‖²_F over the adapted matrices.
+    L2,
+    /// λ/2 · Σ F ⊙ ΔW², F the base model's diagonal Fisher (`--fisher`).
+    Ewc,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
@@ -60,6 +73,21 @@ pub struct SftConfig {
     /// plain LoRA; absent too from configs written before LoRAMoE existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moe: Option<MoeConfig>,
+    /// The baselines' settings (absent from checkpoints written before they existed).
+    #[serde(default)]
+    pub reg: Regularisation,
+    /// λ of the penalty.
+    #[serde(default)]
+    pub reg_lambda: f64,
+    /// The diagonal Fisher EWC uses (`trainer fisher`'s output).
+    #[serde(default)]
+    pub fisher: Option<PathBuf>,
+    /// Plain text replayed into the batches.
+    #[serde(default)]
+    pub replay: Option<PathBuf>,
+    /// Replay tokens per SFT token.
+    #[serde(default)]
+    pub replay_ratio: f64,
 }
 
 /// Values a preset fills; explicit flags override them.

@@ -7,6 +7,10 @@
 //! With `--moe-experts` the adapted layers carry mixtures of LoRA experts instead (LoRAMoE, see
 //! [`crate::moe`]); the forward pass then also returns their routing weights, from which the
 //! localized balancing constraint (`balance`) joins the loss.
+//!
+//! The Table 1 baselines plug into the same loop: a regulariser's penalty (L2, EWC) joins the
+//! loss and its gradient the step's gradient before clipping, and replay chunks join each step's
+//! batch (see [`crate::baselines`]).
 
 pub mod checkpoint;
 pub mod config;
@@ -26,14 +30,16 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::baselines::{self, Ewc, Regulariser, Replay, L2};
 use crate::data::examples::{tokenize, Example, TokenizeOptions};
-use crate::data::read_jsonl;
+use crate::data::{read_jsonl, text};
+use crate::fisher;
 use crate::lora::{self, LoraParams, LoraSettings};
 use crate::loss::{weighted_nll_routed, WeightedSequence};
 use crate::moe::{self, Balance, MoeParams, MoeSettings};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 
-pub use config::{LossReduction, Preset, SftConfig};
+pub use config::{LossReduction, Preset, Regularisation, SftConfig};
 
 /// One line of `train_log.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,18 +48,29 @@ pub struct StepLog {
     pub step: u64,
     /// Fractional epoch reached after this step.
     pub epoch: f64,
-    /// The step's language-modelling loss (with the chosen reduction); the objective is
-    /// `loss + balance`.
+    /// The step's language-modelling loss (with the chosen reduction), over its SFT targets and
+    /// replay tokens; the objective is `loss + balance + penalty`.
     pub loss: f64,
     /// LoRAMoE's balance term, λ times the mean over the step's sequences of the summed
     /// layers' cv² (0 without it).
     #[serde(default)]
     pub balance: f64,
+    /// The regulariser's penalty at the step's starting point (0 without one).
+    #[serde(default)]
+    pub penalty: f64,
     /// The learning rate this step used.
     pub lr: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// SFT target tokens (responses and their EOS).
     pub target_tokens: usize,
+    /// Tokens of the step's SFT sequences (prompts included).
+    #[serde(default)]
+    pub sft_tokens: usize,
+    /// Tokens of the step's replay chunks.
+    #[serde(default)]
+    pub replay_tokens: usize,
+    /// SFT and replay tokens per second.
     pub tokens_per_s: f64,
 }
 
@@ -64,7 +81,9 @@ pub struct Summary {
     pub examples: usize,
     pub dropped_records: usize,
     pub wall_s: f64,
+    /// Tokens processed, SFT and replay.
     pub tokens: usize,
+    pub replay_tokens: usize,
     pub tokens_per_s: f64,
     pub peak_rss_mb: f64,
     pub adapter: PathBuf,
@@ -100,19 +119,46 @@ impl Plan {
     /// The examples of optimiser step `step` (0-based): a seeded permutation per epoch, cut into
     /// consecutive batches (the last one of an epoch may be short).
     pub fn batch(&self, step: u64) -> Vec<&Example> {
-        let epoch = step / self.steps_per_epoch;
-        let index = (step % self.steps_per_epoch) as usize;
+        let order = self.order(step / self.steps_per_epoch);
+        self.slice(&order, step)
+            .iter()
+            .map(|&i| &self.examples[i])
+            .collect()
+    }
+
+    /// The tokens of every step's examples, step by step (one permutation per epoch).
+    pub fn tokens_per_step(&self) -> Vec<usize> {
+        let mut order: Option<(u64, Vec<usize>)> = None;
+        (0..self.total_steps)
+            .map(|step| {
+                let epoch = step / self.steps_per_epoch;
+                if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    order = Some((epoch, self.order(epoch)));
+                }
+                let (_, o) = order.as_ref().expect("set above");
+                self.slice(o, step)
+                    .iter()
+                    .map(|&i| self.examples[i].tokens.len())
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// Example indices of one epoch, in the order its steps take them.
+    fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.examples.len()).collect();
         if self.shuffle {
             let mut rng = ChaCha8Rng::seed_from_u64(splitmix(self.seed ^ splitmix(epoch)));
             order.shuffle(&mut rng);
         }
+        order
+    }
+
+    fn slice<'a>(&self, order: &'a [usize], step: u64) -> &'a [usize] {
+        let index = (step % self.steps_per_epoch) as usize;
         let start = index * self.batch_size;
         let end = (start + self.batch_size).min(order.len());
-        order[start..end]
-            .iter()
-            .map(|&i| &self.examples[i])
-            .collect()
+        &order[start..end]
     }
 }
 
@@ -306,6 +352,29 @@ fn trainable(
     Ok((Trainable::Moe(params, settings), balance))
 }
 
+/// [`step_gradients`] plus the regulariser's penalty: the LM loss, the penalty, and the gradient
+/// of their sum.
+pub fn objective_gradients(
+    model: &LoadedModel,
+    params: &[LoraParams],
+    batch: &[&Example],
+    reduction: LossReduction,
+    micro_batch_size: usize,
+    dropout: Option<(u64, u64)>,
+    regulariser: Option<&dyn Regulariser>,
+) -> anyhow::Result<(f64, f64, Vec<Tensor>)> {
+    let (loss, mut grads) =
+        step_gradients(model, params, batch, reduction, micro_batch_size, dropout)?;
+    let Some(regulariser) = regulariser else {
+        return Ok((loss, 0.0, grads));
+    };
+    let (penalty, penalty_grads) = baselines::penalty_gradients(regulariser, params)?;
+    for (g, p) in grads.iter_mut().zip(penalty_grads) {
+        *g = (&*g + p)?;
+    }
+    Ok((loss, penalty, grads))
+}
+
 /// Runs (or resumes) SFT into `output`; `on_step` sees every step's log line as it is written.
 pub fn run(
     config: &SftConfig,
@@ -353,6 +422,11 @@ pub fn run(
         },
     )?;
     let plan = Plan::new(examples, config);
+    let regulariser = match &trainable {
+        Trainable::Lora(params, settings) => regulariser(config, &model, params, settings.scale())?,
+        Trainable::Moe(..) => None,
+    };
+    let replay = replay(config, &model, &plan)?;
     let schedule = Schedule {
         kind: config.schedule,
         lr: config.lr,
@@ -385,14 +459,19 @@ pub fn run(
 
     let mut log = std::fs::OpenOptions::new().append(true).open(&log_path)?;
     let mut tokens_seen = 0usize;
+    let mut replay_seen = 0usize;
     let dropout_seed = (config.lora_dropout > 0.0).then_some(config.seed);
     for step in start_step..plan.total_steps {
         let t0 = Instant::now();
-        let batch = plan.batch(step);
+        let mut batch = plan.batch(step);
+        let sft_count = batch.len();
+        if let Some(replay) = &replay {
+            batch.extend(replay.batch(step));
+        }
         let StepGradients {
             loss,
             balance,
-            grads,
+            mut grads,
         } = batch_gradients(
             &model,
             optimiser.params(),
@@ -402,24 +481,41 @@ pub fn run(
             dropout_seed.map(|s| (s, step)),
             balance.as_ref(),
         )?;
+        // L2 / EWC: the penalty's gradient joins the step's before clipping (plain LoRA only).
+        let penalty = match (&regulariser, &trainable) {
+            (Some(r), Trainable::Lora(params, _)) => {
+                let (penalty, penalty_grads) = baselines::penalty_gradients(r.as_ref(), params)?;
+                for (g, p) in grads.iter_mut().zip(penalty_grads) {
+                    *g = (&*g + p)?;
+                }
+                penalty
+            }
+            _ => 0.0,
+        };
         let (grad_norm, grads) = clip_grad_norm(grads, config.max_grad_norm)?;
         let lr = schedule.lr_at(step);
         optimiser.step(&grads, lr)?;
-        let tokens: usize = batch.iter().map(|e| e.tokens.len()).sum();
-        tokens_seen += tokens;
+        let (sft, replayed) = batch.split_at(sft_count);
+        let sft_tokens: usize = sft.iter().map(|e| e.tokens.len()).sum();
+        let replay_tokens: usize = replayed.iter().map(|e| e.tokens.len()).sum();
+        tokens_seen += sft_tokens + replay_tokens;
+        replay_seen += replay_tokens;
         let entry = StepLog {
             step: step + 1,
             epoch: (step + 1) as f64 / plan.steps_per_epoch as f64,
             loss,
             balance,
+            penalty,
             lr,
             grad_norm,
-            target_tokens: batch.iter().map(|e| e.target_tokens()).sum(),
-            tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64(),
+            target_tokens: sft.iter().map(|e| e.target_tokens()).sum(),
+            sft_tokens,
+            replay_tokens,
+            tokens_per_s: (sft_tokens + replay_tokens) as f64 / t0.elapsed().as_secs_f64(),
         };
-        if !loss.is_finite() || !balance.is_finite() {
+        if !loss.is_finite() || !balance.is_finite() || !penalty.is_finite() {
             bail!(
-                "step {}: the loss is {loss} and the balance term {balance}; stopping (lower --lr?)",
+                "step {}: the loss is {loss}, the balance term {balance} and the penalty {penalty}; stopping (lower --lr?)",
                 step + 1
             );
         }
@@ -445,10 +541,76 @@ pub fn run(
         dropped_records: dropped,
         wall_s,
         tokens: tokens_seen,
+        replay_tokens: replay_seen,
         tokens_per_s: tokens_seen as f64 / wall_s,
         peak_rss_mb: peak_rss_mb(),
         adapter: adapter_dir,
     })
+}
+
+/// The penalty `config` asks for, checked against the model before any training.
+fn regulariser(
+    config: &SftConfig,
+    model: &LoadedModel,
+    params: &[LoraParams],
+    scale: f64,
+) -> anyhow::Result<Option<Box<dyn Regulariser>>> {
+    Ok(match config.reg {
+        Regularisation::None => None,
+        Regularisation::L2 => Some(Box::new(L2 {
+            lambda: config.reg_lambda,
+            scale,
+        })),
+        Regularisation::Ewc => {
+            let path = config
+                .fisher
+                .as_deref()
+                .context("--reg ewc needs --fisher F.safetensors")?;
+            let decoder = &model.decoder;
+            let f = fisher::load(path, decoder.dtype(), decoder.device())?;
+            f.check_against(path, decoder)?;
+            if let Some(theirs) = f.metadata.get("model_sha256") {
+                let ours = dtm_model::checkpoint::fingerprint(&config.model)?;
+                if *theirs != ours {
+                    bail!(
+                        "{}: the Fisher of {} (sha256 {theirs}), not of --model {} (sha256 {ours}); compute it with `trainer fisher --model {}`",
+                        path.display(),
+                        f.metadata.get("model").map_or("another model", String::as_str),
+                        config.model.display(),
+                        config.model.display()
+                    );
+                }
+            }
+            if let Some(adapter) = f.metadata.get("adapter").filter(|a| !a.is_empty()) {
+                bail!(
+                    "{}: the Fisher of the model with the adapter {adapter}; EWC needs the base model's (compute it without --adapter)",
+                    path.display()
+                );
+            }
+            Some(Box::new(Ewc::new(
+                config.reg_lambda,
+                scale,
+                &f,
+                path,
+                params,
+            )?))
+        }
+    })
+}
+
+/// The replay chunks `config` asks for (`--max-len` tokens each), checked before any training.
+fn replay(config: &SftConfig, model: &LoadedModel, plan: &Plan) -> anyhow::Result<Option<Replay>> {
+    let Some(path) = &config.replay else {
+        return Ok(None);
+    };
+    let documents = text::read_documents(path)?;
+    let chunks = text::chunk(&documents, &model.tokenizer, config.max_len, path)?;
+    Ok(Some(Replay::new(
+        chunks,
+        config.replay_ratio,
+        config.seed,
+        &plan.tokens_per_step(),
+    )))
 }
 
 fn validate(c: &SftConfig) -> anyhow::Result<()> {
@@ -500,6 +662,30 @@ fn validate(c: &SftConfig) -> anyhow::Result<()> {
         if c.init_adapter.is_some() {
             bail!("--init-adapter starts plain LoRA factors; it cannot start a LoRAMoE run (--moe-experts)");
         }
+    }
+    if c.moe.is_some() && c.reg != Regularisation::None {
+        bail!("--reg (L2, EWC) regularises plain LoRA factors; it cannot be combined with --moe-experts");
+    }
+    if !(c.reg_lambda.is_finite() && c.reg_lambda >= 0.0) {
+        bail!("--reg-lambda must be a non-negative number");
+    }
+    match (c.reg, &c.fisher) {
+        (Regularisation::None, _) if c.reg_lambda != 0.0 => {
+            bail!("--reg-lambda needs --reg l2 or --reg ewc")
+        }
+        (Regularisation::Ewc, None) => {
+            bail!("--reg ewc needs --fisher F.safetensors (made by `trainer fisher` on pre-training-like text)")
+        }
+        (Regularisation::None | Regularisation::L2, Some(_)) => {
+            bail!("--fisher is used by --reg ewc only")
+        }
+        _ => {}
+    }
+    if !(c.replay_ratio.is_finite() && c.replay_ratio >= 0.0) {
+        bail!("--replay-ratio must be a non-negative number");
+    }
+    if c.replay.is_none() && c.replay_ratio != 0.0 {
+        bail!("--replay-ratio needs --replay PATH");
     }
     Ok(())
 }
