@@ -6,8 +6,8 @@ use candle_core::D;
 use serde::{Deserialize, Serialize};
 
 use super::prefix_cache::common_prefix_len;
-use super::{Engine, Stats};
-use crate::error::Result;
+use super::{check_finite, Engine, Stats};
+use crate::error::{Result, RuntimeError};
 use crate::model::{Batch, KvCache};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,11 +42,16 @@ impl Engine<'_> {
         for r in requests {
             let mut ids = tokenizer.encode_document(&r.context)?;
             if ids.is_empty() {
-                ids.extend(
-                    tokenizer
-                        .bos_token_id()
-                        .or_else(|| tokenizer.eos_token_ids().first().copied()),
-                );
+                let start = tokenizer
+                    .bos_token_id()
+                    .or_else(|| tokenizer.eos_token_ids().first().copied())
+                    .ok_or_else(|| {
+                        RuntimeError::Request(
+                            "empty prompt, and the tokenizer has neither BOS nor EOS to stand for it"
+                                .into(),
+                        )
+                    })?;
+                ids.push(start);
             }
             // Leave room for the generation, cutting the prompt from the left (lm-eval's rule).
             let room = max.saturating_sub(r.max_new_tokens).max(1);
@@ -69,6 +74,17 @@ impl Engine<'_> {
             }
         }
         let mut out: Vec<Option<Generation>> = vec![None; requests.len()];
+        // A budget of no tokens generates nothing (and runs nothing).
+        order.retain(|&i| {
+            let empty = requests[i].max_new_tokens == 0;
+            if empty {
+                out[i] = Some(Generation {
+                    text: String::new(),
+                    ids: Vec::new(),
+                });
+            }
+            !empty
+        });
         for chunk in order.chunks(self.options.batch_size.max(1)) {
             for (i, generation) in self.generate_batch(requests, &prompts, &shared, chunk)? {
                 out[i] = Some(generation);
@@ -150,10 +166,9 @@ impl Engine<'_> {
         let mut last_col = width - 1;
         while !active.is_empty() {
             let at: Vec<(usize, usize)> = (0..active.len()).map(|r| (r, last_col)).collect();
-            let next = decoder
-                .logits_at(&hidden, &at)?
-                .argmax(D::Minus1)?
-                .to_vec1::<u32>()?;
+            let logits = decoder.logits_at(&hidden, &at)?;
+            check_finite(&logits, self.model)?;
+            let next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
             for (&row, &id) in active.iter().zip(&next) {
                 let row = &mut rows[row];
                 let request = &requests[row.request];

@@ -4,7 +4,7 @@ use candle_core::D;
 use serde::Serialize;
 
 use super::loglikelihood::log_sum_exp;
-use super::Engine;
+use super::{check_finite, Engine};
 use crate::error::Result;
 use crate::model::Batch;
 
@@ -49,6 +49,7 @@ impl Engine<'_> {
         self.stats.forwarded += n;
         let at: Vec<(usize, usize)> = (0..n).map(|p| (0, p)).collect();
         let logits = decoder.logits_at(&hidden, &at)?;
+        check_finite(&logits, self.model)?;
         let logprobs = logits
             .broadcast_sub(&log_sum_exp(&logits)?.unsqueeze(D::Minus1)?)?
             .to_vec2::<f32>()?;

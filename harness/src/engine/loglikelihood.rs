@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::prefix_cache::common_prefix_len;
 use super::tokenize::encode_pair;
-use super::{Engine, Stats};
+use super::{check_finite, Engine, Stats};
 use crate::error::{Result, RuntimeError};
 use crate::model::Batch;
 
@@ -91,6 +91,9 @@ impl Engine<'_> {
     /// Log-probability of every token of each document, in windows of the model's length, each
     /// window seeing the tokens right before it (lm-eval's rolling windows).
     pub fn loglikelihood_rolling(&mut self, documents: &[String]) -> Result<Vec<RollingResult>> {
+        if documents.is_empty() {
+            return Ok(Vec::new());
+        }
         let tokenizer = &self.model.tokenizer;
         let start = tokenizer
             .bos_token_id()
@@ -221,7 +224,9 @@ impl Engine<'_> {
                 targets.push(r.tokens[first + k + 1]);
             }
         }
-        let (logprobs, greedy) = target_logprobs(&decoder.logits_at(&hidden, &at)?, &targets)?;
+        let logits = decoder.logits_at(&hidden, &at)?;
+        check_finite(&logits, self.model)?;
+        let (logprobs, greedy) = target_logprobs(&logits, &targets)?;
         self.stats.add(&stats);
         let mut out = Vec::with_capacity(batch.len());
         let mut offset = 0;

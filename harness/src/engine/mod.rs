@@ -12,7 +12,10 @@ pub mod prefix_cache;
 pub mod stats;
 pub mod tokenize;
 
+use candle_core::{Tensor, D};
+
 use crate::checkpoint::LoadedModel;
+use crate::error::{Result, RuntimeError};
 
 pub use generate::{GenerateRequest, Generation};
 pub use loglikelihood::{LoglikelihoodRequest, LoglikelihoodResult, RollingResult};
@@ -74,5 +77,21 @@ impl<'m> Engine<'m> {
             .max_length
             .unwrap_or(self.model.config().max_position_embeddings)
             .max(2)
+    }
+}
+
+/// Fails when any row of `logits` holds NaN or infinity (a broken checkpoint, or values that
+/// overflow the dtype), naming the model, instead of letting NaN reach the scores.
+pub(crate) fn check_finite(logits: &Tensor, model: &LoadedModel) -> Result<()> {
+    let sums = logits
+        .sum_keepdim(D::Minus1)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    if sums.iter().all(|s| s.is_finite()) {
+        Ok(())
+    } else {
+        Err(RuntimeError::NonFiniteLogits {
+            model: model.path.display().to_string(),
+        })
     }
 }
