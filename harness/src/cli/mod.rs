@@ -43,6 +43,7 @@ enum Command {
     /// greedy generation.
     Bench(bench::BenchArgs),
     /// Score a model on benchmarks; writes results.json, samples.jsonl, results.csv, results.md.
+    #[command(after_help = EXIT_CODES)]
     Score(score::ScoreArgs),
     /// List the benchmark plugins found, with version, item count on the data present, and metrics.
     List(score::ListArgs),

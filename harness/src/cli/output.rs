@@ -93,6 +93,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if cause.is::<LoadError>()
             || cause.is::<PluginError>()
+            || cause.is::<dtm_harness::data::DataError>()
             || cause.is::<dtm_sandbox::SandboxError>()
             || cause.is::<std::io::Error>()
         {
