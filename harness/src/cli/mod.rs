@@ -54,8 +54,9 @@ pub struct ModelArgs {
     /// A Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json) or a .gguf file.
     #[arg(long)]
     model: PathBuf,
-    /// A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) applied on top
-    /// of --model at load, unmerged, as PEFT runs it.
+    /// An adapter folder (adapter_config.json, adapter_model.safetensors) applied on top of
+    /// --model at load, unmerged: a PEFT LoRA adapter, as PEFT runs it, or a mixture of LoRA
+    /// experts (peft_type LORAMOE, from `trainer sft --moe-experts`).
     #[arg(long)]
     adapter: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
