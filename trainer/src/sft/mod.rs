@@ -342,7 +342,7 @@ pub fn run(
             config.max_len
         );
     }
-    let (trainable, balance) = trainable(config, &mut model, device)?;
+    let (trainable, constraint) = trainable(config, &mut model, device)?;
     let mut optimiser = AdamW::new(
         trainable.vars(),
         AdamWConfig {
@@ -400,7 +400,7 @@ pub fn run(
             config.loss_reduction,
             config.micro_batch_size,
             dropout_seed.map(|s| (s, step)),
-            balance.as_ref(),
+            constraint.as_ref(),
         )?;
         let (grad_norm, grads) = clip_grad_norm(grads, config.max_grad_norm)?;
         let lr = schedule.lr_at(step);
