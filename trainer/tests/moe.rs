@@ -694,6 +694,15 @@ fn trainer_sft_trains_loramoe_with_the_balance_term_and_resumes_exactly() {
         t["base_model.model.model.layers.1.mlp.down_proj.lora_B3.weight"].dims(),
         [32, 2]
     );
+    #[cfg(unix)]
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(output.join("adapter").join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "{file}");
+    }
     let AnyAdapter::Moe(loaded) = AnyAdapter::load(&output.join("adapter"), &Device::Cpu).unwrap()
     else {
         panic!("a LoRAMoE folder loads as LoRAMoE");
@@ -814,5 +823,8 @@ fn bad_input_is_one_clear_error() {
         "--init-adapter",
         fixture().join("adapter").to_str().unwrap(),
     ]);
-    assert!(e.contains("LoRAMoE"), "{e}");
+    assert!(
+        e.contains("LoRAMoE") && e.contains("cannot be merged"),
+        "{e}"
+    );
 }

@@ -100,7 +100,7 @@ impl PeftAdapter {
         if config.peft_type == moe::PEFT_TYPE {
             return Err(LoadError::at(
                 &config_path,
-                "a mixture of LoRA experts (LoRAMoE) has no single B·A to merge into the weights; apply it with --adapter instead",
+                "a mixture of LoRA experts (LoRAMoE) has no single B·A: its router makes the update input-dependent, so it cannot be merged or used as a plain LoRA adapter; `harness … --adapter` runs it unmerged",
             ));
         }
         if config.peft_type != "LORA" {
@@ -255,6 +255,13 @@ fn save_folder(
     let weights_path = tmp.path().join(WEIGHTS_FILE);
     candle_core::safetensors::save(&named.into_iter().collect(), &weights_path)
         .map_err(|e| LoadError::at(&weights_path, first_line(&e)))?;
+    // Temporary files are private to their owner; an adapter is an ordinary output.
+    #[cfg(unix)]
+    for path in [&config_path, &weights_path] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| LoadError::at(path, format!("cannot write: {e}")))?;
+    }
     if dir.exists() {
         std::fs::remove_dir_all(dir)
             .map_err(|e| LoadError::at(dir, format!("cannot replace: {e}")))?;

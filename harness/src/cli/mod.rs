@@ -56,9 +56,10 @@ pub struct ModelArgs {
     /// and every greedy generation step (see --ensemble); their tokenizers must be the same.
     #[arg(long = "model", value_name = "MODEL", required = true)]
     models: Vec<PathBuf>,
-    /// A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) applied on top
-    /// of --model at load, unmerged, as PEFT runs it. With several --model: none, or one per
-    /// --model in the same order, `none` for a model without one.
+    /// An adapter folder (adapter_config.json, adapter_model.safetensors) applied on top of
+    /// --model at load, unmerged: a PEFT LoRA adapter, as PEFT runs it, or a mixture of LoRA
+    /// experts (peft_type LORAMOE, from `trainer sft --moe-experts`). With several --model: none,
+    /// or one per --model in the same order, `none` for a model without one.
     #[arg(long = "adapter", value_name = "ADAPTER")]
     adapters: Vec<PathBuf>,
     /// How several --model are combined: `logprobs` (default) averages their log-softmax and

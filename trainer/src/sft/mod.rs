@@ -411,7 +411,7 @@ pub fn run(
             config.max_len
         );
     }
-    let (trainable, balance) = trainable(config, &mut model, device)?;
+    let (trainable, constraint) = trainable(config, &mut model, device)?;
     let mut optimiser = AdamW::new(
         trainable.vars(),
         AdamWConfig {
@@ -479,7 +479,7 @@ pub fn run(
             config.loss_reduction,
             config.micro_batch_size,
             dropout_seed.map(|s| (s, step)),
-            balance.as_ref(),
+            constraint.as_ref(),
         )?;
         // L2 / EWC: the penalty's gradient joins the step's before clipping (plain LoRA only).
         let penalty = match (&regulariser, &trainable) {
@@ -662,6 +662,9 @@ fn validate(c: &SftConfig) -> anyhow::Result<()> {
         if c.init_adapter.is_some() {
             bail!("--init-adapter starts plain LoRA factors; it cannot start a LoRAMoE run (--moe-experts)");
         }
+    }
+    if c.moe.as_ref().is_some_and(|m| m.balance > 0.0) && c.replay.is_some() {
+        bail!("--moe-balance needs every record's type, and --replay chunks have none: use one or the other");
     }
     if c.moe.is_some() && c.reg != Regularisation::None {
         bail!("--reg (L2, EWC) regularises plain LoRA factors; it cannot be combined with --moe-experts");
