@@ -87,7 +87,9 @@ impl AdamW {
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2 = 1.0 - c.beta2.powi(t);
         for ((p, g), (m, v)) in self.params.iter().zip(grads).zip(self.moments.iter_mut()) {
-            let g = g.to_dtype(p.dtype())?;
+            // Detached: a gradient that still holds its graph would chain every step's graph
+            // through the moments.
+            let g = g.detach().to_dtype(p.dtype())?;
             *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let decayed = if c.weight_decay != 0.0 {
