@@ -27,7 +27,6 @@
 //!   (its targets), so an attention target would have added nothing there.
 //! - The experts of a layer share one dropout mask (see `MoeLora`).
 
-use std::io::BufRead;
 use std::path::Path;
 
 use candle_core::{DType, Result, Tensor, Var};
@@ -249,33 +248,21 @@ impl ExpertGroup {
 /// skips them): a missing field or a value other than 1/"knowledge" or 0/"task" is an error
 /// naming the file and line.
 pub fn read_types(path: &Path, field: &str) -> std::result::Result<Vec<ExpertGroup>, DataError> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| DataError::file(path, format!("cannot open: {e}")))?;
     let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let at = |problem: String| DataError::Line {
-            file: path.to_owned(),
-            line: i + 1,
-            problem,
-        };
-        let line = line.map_err(|e| at(format!("cannot read: {e}")))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value =
-            serde_json::from_str(&line).map_err(|e| at(format!("not valid JSON: {e}")))?;
+    crate::data::for_each_json_line(path, |value, _| {
         let Some(field_value) = value.get(field) else {
-            return Err(at(format!(
+            return Err(format!(
                 "no `{field}` field; --moe-balance > 0 needs every record's type there (1 or \"knowledge\" for world knowledge, 0 or \"task\" for a downstream task; --moe-type-field names the field)"
-            )));
+            ));
         };
         let group = ExpertGroup::parse(field_value).ok_or_else(|| {
-            at(format!(
+            format!(
                 "`{field}` is {field_value}; a type is 1 or \"knowledge\" (world knowledge) or 0 or \"task\" (downstream task)"
-            ))
+            )
         })?;
         out.push(group);
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

@@ -136,9 +136,25 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>, DataError> {
 /// Like [`read_jsonl`], keeping each record's line as it is in the file (without its line
 /// ending), so that records can be passed on unchanged, byte for byte.
 pub fn read_jsonl_lines(path: &Path) -> Result<Vec<(Record, String)>, DataError> {
+    let mut out = Vec::new();
+    for_each_json_line(path, |value, line| {
+        out.push((parse_record(&value)?, line));
+        Ok(())
+    })?;
+    if out.is_empty() {
+        return Err(DataError::file(path, "holds no records"));
+    }
+    Ok(out)
+}
+
+/// Calls `f` with every non-blank line of a JSONL file, parsed and as written; a line that
+/// cannot be read or parsed, or that `f` rejects, is an error naming the file and line.
+pub fn for_each_json_line(
+    path: &Path,
+    mut f: impl FnMut(Value, String) -> Result<(), String>,
+) -> Result<(), DataError> {
     let file = std::fs::File::open(path)
         .map_err(|e| DataError::file(path, format!("cannot open: {e}")))?;
-    let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let at = |problem: String| DataError::Line {
             file: path.to_owned(),
@@ -151,12 +167,9 @@ pub fn read_jsonl_lines(path: &Path) -> Result<Vec<(Record, String)>, DataError>
         }
         let value: Value =
             serde_json::from_str(&line).map_err(|e| at(format!("not valid JSON: {e}")))?;
-        out.push((parse_record(&value).map_err(at)?, line));
+        f(value, line).map_err(at)?;
     }
-    if out.is_empty() {
-        return Err(DataError::file(path, "holds no records"));
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// Writes records as JSONL, atomically (a temporary file renamed into place).
