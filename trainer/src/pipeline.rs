@@ -164,27 +164,10 @@ pub fn guard_settings(file: &Path, settings: &Value) -> anyhow::Result<()> {
         let before: Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", file.display()))?;
         if &before != settings {
-            let (Some(a), Some(b)) = (before.as_object(), settings.as_object()) else {
-                bail!("{}: other settings", file.display());
-            };
-            let changed: Vec<String> = a
-                .keys()
-                .chain(b.keys())
-                .filter(|k| a.get(*k) != b.get(*k))
-                .map(|k| {
-                    format!(
-                        "{k}: {} then, {} now",
-                        a.get(k).unwrap_or(&Value::Null),
-                        b.get(k).unwrap_or(&Value::Null)
-                    )
-                })
-                .collect();
-            let mut changed = changed;
-            changed.dedup();
             bail!(
                 "{} was made with other settings ({}); use another --output",
                 file.parent().unwrap_or(file).display(),
-                changed.join("; ")
+                sft::changed_fields(&before, settings)
             );
         }
         return Ok(());

@@ -695,20 +695,32 @@ fn validate(c: &SftConfig) -> anyhow::Result<()> {
 
 /// `field: old then, new now` for every setting that differs.
 fn differences(then: &SftConfig, now: &SftConfig) -> anyhow::Result<String> {
-    let (a, b) = (serde_json::to_value(then)?, serde_json::to_value(now)?);
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
-        return Ok(String::new());
+    Ok(changed_fields(
+        &serde_json::to_value(then)?,
+        &serde_json::to_value(now)?,
+    ))
+}
+
+/// `field: old then, new now` for every top-level field of two JSON objects that differs.
+pub fn changed_fields(then: &serde_json::Value, now: &serde_json::Value) -> String {
+    let (Some(a), Some(b)) = (then.as_object(), now.as_object()) else {
+        return format!("{then} then, {now} now");
     };
-    Ok(a.iter()
-        .filter(|(k, v)| b.get(*k) != Some(v))
-        .map(|(k, v)| {
+    let null = serde_json::Value::Null;
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
             format!(
-                "{k}: {v} then, {} now",
-                b.get(k).unwrap_or(&serde_json::Value::Null)
+                "{k}: {} then, {} now",
+                a.get(k).unwrap_or(&null),
+                b.get(k).unwrap_or(&null)
             )
         })
         .collect::<Vec<_>>()
-        .join("; "))
+        .join("; ")
 }
 
 /// Keeps the first `steps` lines of the log: lines after the checkpoint are redone.
