@@ -234,6 +234,86 @@ fn smollm2_gguf_matches_transformers() {
     check_all(&common::smollm2_gguf(), "smollm2-135m", &SMOLLM2);
 }
 
+/// Gemma 3 as a GGUF file: the settings llama.cpp's metadata carries for it (sliding window,
+/// both rope bases, the attention scale and the local/global pattern), read into the same model
+/// as the HF folder, so it matches the same transformers reference.
+#[test]
+fn tiny_gemma3_as_gguf_matches_transformers() {
+    use candle_core::quantized::gguf_file::Value as V;
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::gguf::write_tiny(
+        &common::tiny_model("gemma3"),
+        "gemma3",
+        &[
+            ("gemma3.attention.key_length", Some(V::U32(8))),
+            ("gemma3.rope.freq_base", Some(V::F32(1e6))),
+            ("gemma3.rope.freq_base_swa", Some(V::F32(1e4))),
+            ("gemma3.attention.sliding_window", Some(V::U32(4))),
+            ("gemma3.attention.sliding_window_pattern", Some(V::U32(2))),
+            // query_pre_attn_scalar 16 (not head_dim 8).
+            ("gemma3.attention.scale", Some(V::F32(0.25))),
+        ],
+        dir.path(),
+    );
+    check_all(&path, "tiny-gemma3", &TINY);
+}
+
+/// A Gemma 3 GGUF whose metadata leaves a setting open is refused, naming it, instead of run
+/// with a guess: here the attention scale (2 layers is no published Gemma 3 size) and the rope
+/// base (llama.cpp and transformers default it differently).
+#[test]
+fn gemma3_gguf_missing_settings_is_refused_by_name() {
+    use candle_core::quantized::gguf_file::Value as V;
+    let dir = tempfile::tempdir().unwrap();
+    let base = [
+        ("gemma3.attention.key_length", Some(V::U32(8))),
+        ("gemma3.rope.freq_base", Some(V::F32(1e6))),
+        ("gemma3.attention.sliding_window", Some(V::U32(4))),
+        ("gemma3.attention.sliding_window_pattern", Some(V::U32(2))),
+    ];
+    let refused = |extra: &[(&str, Option<V>)]| {
+        let mut all = base.to_vec();
+        all.extend_from_slice(extra);
+        let path =
+            common::gguf::write_tiny(&common::tiny_model("gemma3"), "gemma3", &all, dir.path());
+        match checkpoint::load(&path, DType::F32, &Device::Cpu) {
+            Ok(_) => panic!("loaded a GGUF that does not determine its settings"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = refused(&[]);
+    assert!(
+        e.contains("gemma3.gguf")
+            && e.contains("attention scale")
+            && e.contains("query_pre_attn_scalar"),
+        "{e}"
+    );
+    let e = refused(&[
+        ("gemma3.attention.scale", Some(V::F32(0.25))),
+        ("gemma3.rope.freq_base", None),
+    ]);
+    assert!(e.contains("`gemma3.rope.freq_base`"), "{e}");
+    let e = refused(&[
+        ("gemma3.attention.scale", Some(V::F32(0.25))),
+        ("gemma3.attention.sliding_window", None),
+    ]);
+    assert!(e.contains("`gemma3.attention.sliding_window`"), "{e}");
+}
+
+/// Qwen2 as a GGUF file (q/k/v biases, untied output head).
+#[test]
+fn tiny_qwen2_as_gguf_matches_transformers() {
+    use candle_core::quantized::gguf_file::Value as V;
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::gguf::write_tiny(
+        &common::tiny_model("qwen2"),
+        "qwen2",
+        &[("qwen2.rope.freq_base", Some(V::F32(1e6)))],
+        dir.path(),
+    );
+    check_all(&path, "tiny-qwen2", &TINY);
+}
+
 /// The GGUF's own tokenizer metadata encodes exactly as the tokenizer.json converted from it.
 #[test]
 fn gguf_tokenizer_encodes_like_tokenizer_json() {

@@ -131,10 +131,7 @@ pub fn run_task(
         progress.advance(chunk.len());
     }
     progress.finish();
-    let mut stats = engine.stats().clone();
-    stats.requested -= before.requested;
-    stats.forwarded -= before.forwarded;
-    stats.padding -= before.padding;
+    let stats = engine.stats().since(&before);
     Ok(TaskRun {
         samples: done.into_values().collect(),
         wall_seconds: start.elapsed().as_secs_f64(),
