@@ -286,7 +286,9 @@ mod tests {
         let two = KvCache::stack_rows(&[row(&[1.0], 0), row(&[2.0], 0)]).unwrap();
         let e = two.repeat_row(3).unwrap_err().to_string();
         assert!(e.contains("one-row cache"), "{e}");
-        let e = KvCache::stack_rows(std::slice::from_ref(&two)).unwrap_err().to_string();
+        let e = KvCache::stack_rows(std::slice::from_ref(&two))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cache 0 has 2 rows"), "{e}");
         let e = two.select_rows(&[2]).unwrap_err().to_string();
         assert!(e.contains("row 2"), "{e}");
