@@ -214,3 +214,50 @@ fn long_inputs_are_truncated_from_the_left() {
         .remove(0);
     assert_eq!(g.ids, g_cut.ids);
 }
+
+/// A stop string that begins in one token and ends in the next cuts the text before it, and
+/// generation stops at the token that completes it.
+#[test]
+fn stop_strings_that_straddle_tokens_cut_the_text() {
+    let model = checkpoint::load(&common::tiny_model("llama"), DType::F32, &Device::Cpu).unwrap();
+    let tok = &model.tokenizer;
+    let mut engine = Engine::new(&model, EngineOptions::default());
+    let free = engine
+        .generate_until(&[GenerateRequest {
+            context: "The weather today is".into(),
+            until: vec![],
+            max_new_tokens: 12,
+        }])
+        .unwrap()
+        .remove(0);
+    // Find a boundary between tokens k-1 and k where both sides have text.
+    let (k, before, next) = (1..free.ids.len())
+        .find_map(|k| {
+            let before = tok.decode(&free.ids[..k]).unwrap();
+            let upto = tok.decode(&free.ids[..=k]).unwrap();
+            let next = upto.strip_prefix(before.as_str())?.to_owned();
+            (!before.is_empty() && !next.is_empty()).then_some((k, before, next))
+        })
+        .expect("a boundary between two non-empty tokens");
+    let last = before.chars().last().unwrap();
+    let first = next.chars().next().unwrap();
+    let stop = format!("{last}{first}");
+    let cut = free.text.find(&stop).unwrap();
+    assert!(
+        cut < before.len(),
+        "the stop string spans the boundary at {k}"
+    );
+    let stopped = engine
+        .generate_until(&[GenerateRequest {
+            context: "The weather today is".into(),
+            until: vec![stop.clone()],
+            max_new_tokens: 12,
+        }])
+        .unwrap()
+        .remove(0);
+    assert_eq!(stopped.text, free.text[..cut], "stop {stop:?}");
+    let completes = (1..=free.ids.len())
+        .find(|&n| tok.decode(&free.ids[..n]).unwrap().contains(&stop))
+        .unwrap();
+    assert_eq!(stopped.ids, free.ids[..completes], "stop {stop:?}");
+}

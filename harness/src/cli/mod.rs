@@ -45,6 +45,7 @@ enum Command {
     /// greedy generation.
     Bench(bench::BenchArgs),
     /// Score a model on benchmarks; writes results.json, samples.jsonl, results.csv, results.md.
+    #[command(after_help = EXIT_CODES)]
     Score(Box<score::ScoreArgs>),
     /// Put `harness score` runs side by side: Table 1 with paired confidence intervals and
     /// tests against a baseline (Holm-corrected), and the paper's figures as SVG.

@@ -72,7 +72,10 @@ pub fn execution(o: dtm_sandbox::Outcome) -> Execution {
         error_type: o.error_type,
         error_message: o.error_message,
         stderr_tail: tail(&o.stderr, STDERR_TAIL).to_owned(),
-        millis: o.millis,
+        // Work done is deterministic, except for a run the wall clock cut short.
+        fuel: o
+            .fuel_used
+            .filter(|_| o.limit != Some(dtm_sandbox::Limit::Wall)),
     }
 }
 
@@ -266,7 +269,7 @@ fn execute(
                 error_type: None,
                 error_message: None,
                 stderr_tail: String::new(),
-                millis: 0,
+                fuel: None,
             };
             all.len()
         ],

@@ -265,3 +265,103 @@ pub fn write_all(
     write_atomic(&dir.join("samples.jsonl"), lines.as_bytes())?;
     Ok(reports)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dtm_plugin_api::OutputType;
+
+    fn sample(doc_id: usize, subtask: &str, group: &str, acc: f64) -> Sample {
+        Sample {
+            task: "t".into(),
+            doc_id,
+            subtask: subtask.into(),
+            requests: vec![],
+            responses: vec![],
+            programs: vec![],
+            outcomes: vec![],
+            executions: vec![],
+            extracted: BTreeMap::new(),
+            gold: "A".into(),
+            metrics: BTreeMap::from([("acc".to_string(), Some(acc))]),
+            groups: vec![group.into()],
+        }
+    }
+
+    /// Per task, subtask and group: mean and sample standard error (sd / sqrt(n)), by hand.
+    #[test]
+    fn per_task_statistics_are_means_with_sample_standard_errors() {
+        let samples = [
+            sample(0, "t:a", "g1", 1.0),
+            sample(1, "t:a", "g1", 0.0),
+            sample(2, "t:b", "g2", 1.0),
+            sample(3, "t:b", "g1", 1.0),
+        ];
+        let description = Description {
+            name: "t".into(),
+            version: "1".into(),
+            summary: String::new(),
+            output_type: OutputType::MultipleChoice,
+            metrics: vec![],
+            headline_metric: "acc".into(),
+            default_num_fewshot: 0,
+            max_num_fewshot: 0,
+            subtasks: vec![],
+            groups: vec![],
+            options: vec![],
+            program_timeout_s: None,
+        };
+        let info = TaskInfo {
+            name: "t".into(),
+            num_fewshot: 0,
+            limit: None,
+            max_new_tokens: None,
+            flags: BTreeMap::new(),
+            num_items: 4,
+            data_files: vec![],
+        };
+        let cost = ChunkCost {
+            tokens: Stats {
+                requested: 10,
+                forwarded: 7,
+                padding: 1,
+                generated: 3,
+            },
+            wall_seconds: 2.5,
+        };
+        let r = TaskReport::new(
+            "t",
+            &description,
+            json!({}),
+            info,
+            &samples,
+            &cost,
+            4,
+            &dtm_plugin_api::host::aggregate,
+            BTreeMap::new(),
+        );
+        let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-12;
+        // Overall: 1, 0, 1, 1 → mean 0.75; variance (3·0.0625 + 0.5625) / 3 = 0.25; se √(0.25/4) = 0.25.
+        assert!(close(&r.metrics["acc"]["value"], 0.75), "{:?}", r.metrics);
+        assert!(close(&r.metrics["acc"]["stderr"], 0.25), "{:?}", r.metrics);
+        assert_eq!(r.metrics["acc"]["n"], 4);
+        // t:a: 1, 0 → 0.5 ± √(0.5/2) = 0.5; t:b: 1, 1 → 1 ± 0.
+        assert!(close(&r.subtasks["t:a"]["acc"]["value"], 0.5));
+        assert!(close(&r.subtasks["t:a"]["acc"]["stderr"], 0.5));
+        assert!(close(&r.subtasks["t:b"]["acc"]["value"], 1.0));
+        assert!(close(&r.subtasks["t:b"]["acc"]["stderr"], 0.0));
+        // g1: 1, 0, 1 → 2/3 ± √((2·1/9 + 4/9) / 2 / 3) = √(1/9) = 1/3; g2: one item, no stderr.
+        assert!(close(&r.groups["g1"]["acc"]["value"], 2.0 / 3.0));
+        assert!(close(&r.groups["g1"]["acc"]["stderr"], 1.0 / 3.0));
+        assert!(r.groups["g2"]["acc"]["stderr"].is_null());
+        assert_eq!((r.n_items, r.items_computed), (4, 4));
+        assert_eq!((r.tokens.generated, r.wall_seconds), (3, 2.5));
+        assert_eq!(r.headline(), (Some(0.75), Some(0.25)));
+    }
+
+    #[test]
+    fn every_report_shows_values_on_one_scale() {
+        assert_eq!(format_value(Some(0.123456)), "0.1235");
+        assert_eq!(format_value(None), "unavailable");
+    }
+}

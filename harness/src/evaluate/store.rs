@@ -46,7 +46,10 @@ pub struct Execution {
     /// The end of the program's stderr (where the traceback is), bounded.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stderr_tail: String,
-    pub millis: u64,
+    /// The work the program did, in fuel units (deterministic, unlike its wall time, so that a
+    /// resumed or repeated run writes the same samples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
 }
 
 /// One scored item as `samples.jsonl` holds it.
