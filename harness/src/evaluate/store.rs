@@ -194,6 +194,15 @@ impl RunStore {
         let run = progress.join("run.json");
         if run.exists() {
             let earlier = read_json(&run)?;
+            if earlier.get("format") != identity.get("format") {
+                return Err(EvalError::Corrupt {
+                    path: run,
+                    problem: format!(
+                        "written by another version of the harness (progress format {}, this one reads {FORMAT})",
+                        earlier.get("format").map_or("1".into(), Value::to_string)
+                    ),
+                });
+            }
             let changes = differences(&earlier, &identity, "");
             if !changes.is_empty() {
                 return Err(EvalError::Mismatch {
@@ -431,6 +440,21 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("limit (3, now 4)"), "{err}");
+    }
+
+    #[test]
+    fn a_folder_of_another_harness_version_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".progress")).unwrap();
+        std::fs::write(dir.path().join(".progress/run.json"), r#"{"model": "m"}"#).unwrap();
+        let err = RunStore::open(dir.path(), &serde_json::json!({"model": "m"}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("another version of the harness (progress format 1"),
+            "{err}"
+        );
     }
 
     #[test]
