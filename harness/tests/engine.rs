@@ -6,7 +6,9 @@ mod common;
 use candle_core::{DType, Device};
 
 use dtm_harness::checkpoint;
-use dtm_harness::engine::{Engine, EngineOptions, GenerateRequest, LoglikelihoodRequest};
+use dtm_harness::engine::{
+    Engine, EngineOptions, Ensemble, EnsembleMode, GenerateRequest, LoglikelihoodRequest,
+};
 use dtm_harness::error::RuntimeError;
 
 #[test]
@@ -90,6 +92,55 @@ fn non_finite_logits_fail_naming_the_model() {
             .unwrap_err(),
     );
     check(engine.inspect("The sky is", 5).unwrap_err());
+}
+
+/// In an ensemble the check runs on every member's logits before they are combined, and names
+/// the broken member, not the first one: in either combination mode, for scoring and generation.
+#[test]
+fn non_finite_logits_of_an_ensemble_member_name_that_member() {
+    let good_path = common::tiny_model("llama");
+    let good = checkpoint::load(&good_path, DType::F32, &Device::Cpu).unwrap();
+    let (_dir, path) = common::nan_checkpoint();
+    let broken = checkpoint::load(&path, DType::F32, &Device::Cpu).unwrap();
+    for mode in [EnsembleMode::Logprobs, EnsembleMode::Logits] {
+        let ensemble = Ensemble::new(vec![&good, &broken], mode).unwrap();
+        let mut engine = Engine::new(ensemble, EngineOptions::default());
+        let check = |e: RuntimeError| {
+            let msg = e.to_string();
+            assert!(matches!(e, RuntimeError::NonFiniteLogits { .. }), "{msg}");
+            assert!(
+                msg.starts_with(&format!("{}: ", path.display())),
+                "{mode:?}: {msg}"
+            );
+        };
+        check(
+            engine
+                .loglikelihood(&[LoglikelihoodRequest {
+                    context: "The sky is".into(),
+                    continuation: " blue".into(),
+                }])
+                .unwrap_err(),
+        );
+        check(
+            engine
+                .generate_until(&[GenerateRequest {
+                    context: "The sky is".into(),
+                    until: vec![],
+                    max_new_tokens: 2,
+                }])
+                .unwrap_err(),
+        );
+    }
+    // The good member alone still scores.
+    let mut engine = Engine::new(&good, EngineOptions::default());
+    let r = engine
+        .loglikelihood(&[LoglikelihoodRequest {
+            context: "The sky is".into(),
+            continuation: " blue".into(),
+        }])
+        .unwrap();
+    assert!(r[0].logprob.is_finite() && r[0].logprob < 0.0, "{r:?}");
+    assert_ne!(good_path, path);
 }
 
 /// With neither BOS nor EOS an empty prompt has nothing to start from: an error, not an

@@ -564,6 +564,47 @@ fn exit_codes_say_what_kind_of_failure_it_was() {
         &["--tasks", "no_such_task"],
     );
     assert_eq!(code(&o), 2, "{}", stderr(&o));
+    // Usage: an option the benchmark does not have, adapters that do not pair with the models.
+    let o = score(
+        &tiny_model("llama"),
+        out.path(),
+        &[
+            "--tasks",
+            "arc_challenge",
+            "--option",
+            "arc_challenge.nope=1",
+        ],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let o = score(
+        &tiny_model("llama"),
+        out.path(),
+        &[
+            "--tasks",
+            "arc_challenge",
+            "--adapter",
+            "a",
+            "--adapter",
+            "b",
+        ],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    // Bad input: a YAML task file that cannot be used.
+    let tasks = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tasks.path().join("t.yaml"),
+        "task: t
+output_type: nonsense
+",
+    )
+    .unwrap();
+    let o = score(
+        &tiny_model("llama"),
+        out.path(),
+        &["--include-path", p(tasks.path()), "--tasks", "t"],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(error_line(&o).contains("t.yaml"), "{}", stderr(&o));
     // Bad input: a checkpoint that does not exist.
     let o = score(
         Path::new("/nonexistent/model"),
