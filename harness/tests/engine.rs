@@ -10,6 +10,7 @@ use dtm_harness::engine::{
     Engine, EngineOptions, Ensemble, EnsembleMode, GenerateRequest, LoglikelihoodRequest,
 };
 use dtm_harness::error::RuntimeError;
+use dtm_harness::model::Batch;
 
 #[test]
 fn generation_batches_mixing_preambles_reuse_each_and_change_nothing() {
@@ -311,4 +312,40 @@ fn stop_strings_that_straddle_tokens_cut_the_text() {
         .find(|&n| tok.decode(&free.ids[..n]).unwrap().contains(&stop))
         .unwrap();
     assert_eq!(stopped.ids, free.ids[..completes], "stop {stop:?}");
+}
+
+/// The decoder's public entry points refuse a malformed batch with an error naming the problem
+/// (unknown token id, rows of different lengths) instead of panicking or reading out of bounds;
+/// the training pass checks the same.
+#[test]
+fn malformed_batches_are_errors_not_panics() {
+    let model = checkpoint::load(&common::tiny_model("llama"), DType::F32, &Device::Cpu).unwrap();
+    let decoder = &model.decoder;
+    let vocab = decoder.config().vocab_size as u32;
+    let run = |tokens: Vec<Vec<u32>>, positions: Vec<Vec<i64>>| {
+        let valid: Vec<Vec<bool>> = positions.iter().map(|p| vec![true; p.len()]).collect();
+        let batch = Batch {
+            tokens: &tokens,
+            positions: &positions,
+            valid: &valid,
+        };
+        let mut cache = decoder.new_cache(tokens.len());
+        // candle appends a backtrace when RUST_BACKTRACE is set: the first line is the message.
+        let first = |e: candle_core::Error| e.to_string().lines().next().unwrap().to_owned();
+        let cached = first(decoder.forward(&batch, &mut cache).unwrap_err());
+        let train = first(decoder.forward_train(&batch, None).unwrap_err());
+        assert_eq!(cached, train);
+        cached
+    };
+    let e = run(vec![vec![1, vocab]], vec![vec![0, 1]]);
+    assert!(
+        e.contains(&format!(
+            "token id {vocab} in batch row 0 is outside the vocabulary"
+        )),
+        "{e}"
+    );
+    let e = run(vec![vec![1, 2], vec![3]], vec![vec![0, 1], vec![0]]);
+    assert!(e.contains("batch row 1 has 1 tokens"), "{e}");
+    let e = run(vec![vec![1, 2]], vec![vec![0]]);
+    assert!(e.contains("batch row 0 has 2 tokens, 1 positions"), "{e}");
 }

@@ -201,6 +201,12 @@ fn unpinned_interpreter_is_refused() {
         matches!(err, SandboxError::WasmHashMismatch { .. }),
         "{err}"
     );
+    // The message tells a user what to run, not a Rust API to call (issue #10, point 8).
+    let msg = err.to_string();
+    assert!(
+        msg.contains("re-run") && !msg.contains("allow_unpinned_wasm"),
+        "{msg}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
