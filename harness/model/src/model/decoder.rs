@@ -13,7 +13,8 @@ use candle_nn::VarBuilder;
 use super::config::{Activation, ModelConfig, NormStyle, RopeSpec};
 use super::kernels::{self, masked_softmax};
 use super::kv_cache::KvCache;
-use super::projection::{frozen_matmul, DropoutKey, Projection};
+use super::matmul::{linear, matmul};
+use super::projection::{DropoutKey, Projection};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -252,7 +253,7 @@ impl Attention {
         let q = q.reshape((b, self.num_kv_heads, rep * t, self.head_dim))?;
         if ctx.kernels == Kernels::Differentiable && self.softcap.is_none() {
             // Training: one fused, differentiable masked softmax (see `kernels`).
-            let scores = q.matmul(&k.t()?)?.to_dtype(upcast(x.dtype()))?.reshape((
+            let scores = matmul(&q, &k.t()?)?.to_dtype(upcast(x.dtype()))?.reshape((
                 b,
                 self.num_kv_heads,
                 rep,
@@ -264,7 +265,7 @@ impl Attention {
                 .reshape((b, self.num_kv_heads, rep * t, s))?;
             return self.attend(&probs, &v, b, t, ctx);
         }
-        let scores = (q.matmul(&k.t()?)? * self.scale)?.to_dtype(upcast(x.dtype()))?;
+        let scores = (matmul(&q, &k.t()?)? * self.scale)?.to_dtype(upcast(x.dtype()))?;
         let scores = match self.softcap {
             Some(cap) => ((scores / cap)?.tanh()? * cap)?,
             None => scores,
@@ -291,9 +292,7 @@ impl Attention {
         t: usize,
         ctx: &ForwardContext,
     ) -> Result<Tensor> {
-        let out = probs
-            .matmul(v)?
-            .reshape((b, self.num_heads, t, self.head_dim))?;
+        let out = matmul(probs, v)?.reshape((b, self.num_heads, t, self.head_dim))?;
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
@@ -635,13 +634,8 @@ impl Decoder {
         let idx: Vec<u32> = at.iter().map(|&(b, p)| (b * t + p) as u32).collect();
         let idx = Tensor::from_vec(idx, at.len(), hidden.device())?;
         let h = hidden.reshape(((), d))?.index_select(&idx, 0)?;
-        let logits = if h.track_op() && !self.lm_head.is_variable() {
-            // Training: no gradient for the frozen output head.
-            frozen_matmul(&h, &self.lm_head)?
-        } else {
-            h.matmul(&self.lm_head.t()?)?
-        };
-        let logits = logits.to_dtype(upcast(h.dtype()))?;
+        // A frozen output head gets no gradient (see `matmul`).
+        let logits = linear(&h, &self.lm_head)?.to_dtype(upcast(h.dtype()))?;
         match self.cfg.final_logit_softcapping {
             Some(cap) => (logits / cap)?.tanh()? * cap,
             None => Ok(logits),

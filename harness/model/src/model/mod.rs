@@ -2,8 +2,10 @@
 
 pub mod config;
 pub mod decoder;
+pub mod fused;
 pub mod kernels;
 pub mod kv_cache;
+pub mod matmul;
 pub mod projection;
 
 pub use config::{Architecture, ModelConfig};

@@ -1,0 +1,272 @@
+//! The attention's scale, mask and softmax as one pass over the scores.
+//!
+//! Written as separate tensor ops they take four passes over the largest tensor of a forward
+//! pass (`[batch, heads, queries, keys]`), and the exponential of every masked score (the mask
+//! adds -1e30) takes the C library's slow underflow path, which sets `errno`: 12% of a scoring
+//! run's time on SmolLM2. Here a score that far below its row's maximum is 0 without calling
+//! `exp` (it would round to 0 anyway), so the result is the same softmax. On devices other than
+//! the CPU the op runs as the tensor ops it replaces.
+
+use candle_core::backend::BackendStorage;
+#[cfg(feature = "cuda")]
+use candle_core::{op::BackpropOp, Storage};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `softmax(scale · scores + mask)` over the last dimension, in the scores' dtype (float32 or
+/// float64); `mask` (additive) broadcasts to `scores`. No backward pass (the training kernel
+/// [`super::kernels::masked_softmax`] wraps it).
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let mask = mask
+        .to_dtype(scores.dtype())?
+        .broadcast_as(scores.shape())?;
+    scores
+        .contiguous()?
+        .apply_op2_no_bwd(&mask, &MaskedSoftmax { scale })
+}
+
+struct MaskedSoftmax {
+    scale: f64,
+}
+
+/// The float types the CPU kernel runs in.
+trait Float: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> {
+    /// Below this (relative to the row maximum) `exp` rounds to 0.
+    const UNDERFLOW: Self;
+    const ZERO: Self;
+    const NEG_INFINITY: Self;
+    fn from_f64(v: f64) -> Self;
+    fn mul(self, other: Self) -> Self;
+    fn sub(self, other: Self) -> Self;
+    fn div(self, other: Self) -> Self;
+    fn exp(self) -> Self;
+}
+
+impl Float for f32 {
+    // exp(-104) = 6.8e-46 rounds to 0: the smallest subnormal float32 is 1.4e-45.
+    const UNDERFLOW: f32 = -104.0;
+    const ZERO: f32 = 0.0;
+    const NEG_INFINITY: f32 = f32::NEG_INFINITY;
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
+    fn mul(self, o: f32) -> f32 {
+        self * o
+    }
+    fn sub(self, o: f32) -> f32 {
+        self - o
+    }
+    fn div(self, o: f32) -> f32 {
+        self / o
+    }
+    fn exp(self) -> f32 {
+        f32::exp(self)
+    }
+}
+
+impl Float for f64 {
+    // exp(-746) rounds to 0: the smallest subnormal float64 is 4.9e-324 = exp(-744.4).
+    const UNDERFLOW: f64 = -746.0;
+    const ZERO: f64 = 0.0;
+    const NEG_INFINITY: f64 = f64::NEG_INFINITY;
+    fn from_f64(v: f64) -> f64 {
+        v
+    }
+    fn mul(self, o: f64) -> f64 {
+        self * o
+    }
+    fn sub(self, o: f64) -> f64 {
+        self - o
+    }
+    fn div(self, o: f64) -> f64 {
+        self / o
+    }
+    fn exp(self) -> f64 {
+        f64::exp(self)
+    }
+}
+
+/// One row: `out = softmax(scale · x + m)`.
+fn softmax_row<T: Float>(x: &[T], m: &[T], scale: T, out: &mut [T]) {
+    let mut max = T::NEG_INFINITY;
+    for ((o, &x), &m) in out.iter_mut().zip(x).zip(m) {
+        let v = x.mul(scale) + m;
+        *o = v;
+        if v > max {
+            max = v;
+        }
+    }
+    let mut sum = T::ZERO;
+    for o in out.iter_mut() {
+        let d = o.sub(max);
+        *o = if d < T::UNDERFLOW { T::ZERO } else { d.exp() };
+        sum = sum + *o;
+    }
+    for o in out.iter_mut() {
+        *o = o.div(sum);
+    }
+}
+
+/// Rows handed to one thread at a time.
+const ROWS_PER_TASK: usize = 64;
+
+fn cpu_softmax<T: Float>(x: &[T], xl: &Layout, m: &[T], ml: &Layout, scale: f64) -> Result<Vec<T>> {
+    let Some((start, end)) = xl.contiguous_offsets() else {
+        candle_core::bail!("masked softmax: the scores must be contiguous");
+    };
+    let x = &x[start..end];
+    let dims = xl.dims();
+    let width = *dims.last().unwrap_or(&1);
+    let mstrides = ml.stride();
+    if width > 1 && mstrides[dims.len() - 1] != 1 {
+        candle_core::bail!("masked softmax: the mask must be contiguous along the keys");
+    }
+    // Where each row's mask starts: the row index spelled out over the leading dimensions.
+    let leading = &dims[..dims.len() - 1];
+    let mask_start = |mut row: usize| {
+        let mut offset = ml.start_offset();
+        for (&size, &stride) in leading.iter().zip(mstrides).rev() {
+            offset += (row % size) * stride;
+            row /= size;
+        }
+        offset
+    };
+    let scale = T::from_f64(scale);
+    let mut out = vec![T::ZERO; x.len()];
+    if width == 0 {
+        return Ok(out);
+    }
+    out.par_chunks_mut(width * ROWS_PER_TASK)
+        .zip(x.par_chunks(width * ROWS_PER_TASK))
+        .enumerate()
+        .for_each(|(task, (out, x))| {
+            for (i, (out, x)) in out.chunks_mut(width).zip(x.chunks(width)).enumerate() {
+                let ms = mask_start(task * ROWS_PER_TASK + i);
+                softmax_row(x, &m[ms..ms + width], scale, out);
+            }
+        });
+    Ok(out)
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(m)) => {
+                CpuStorage::F32(cpu_softmax(x, l1, m, l2, self.scale)?)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(m)) => {
+                CpuStorage::F64(cpu_softmax(x, l1, m, l2, self.scale)?)
+            }
+            _ => candle_core::bail!(
+                "masked softmax runs in float32 or float64, not {:?}",
+                s1.dtype()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let tensor = |s: &candle_core::CudaStorage, l: &Layout| -> Result<Tensor> {
+            let t = Tensor::from_storage(
+                Storage::Cuda(s.try_clone(l)?),
+                l.shape().clone(),
+                BackpropOp::none(),
+                false,
+            );
+            Ok(t)
+        };
+        let (x, m) = (tensor(s1, l1)?, tensor(s2, l2)?);
+        let y = candle_nn::ops::softmax_last_dim(&(x * self.scale)?.broadcast_add(&m)?)?;
+        let (s, l) = y.storage_and_layout();
+        match &*s {
+            Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+            _ => candle_core::bail!("masked softmax: the result left the GPU"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, D};
+
+    use super::*;
+
+    /// Against the tensor ops it replaces, in float64 and float32, with fully masked rows,
+    /// a broadcast mask and scores far below the maximum.
+    #[test]
+    fn equals_scale_mask_softmax_as_tensor_ops() {
+        let d = Device::Cpu;
+        for dtype in [DType::F64, DType::F32] {
+            let scores = (Tensor::arange(0f64, 2.0 * 3.0 * 4.0 * 5.0, &d)
+                .unwrap()
+                .sin()
+                .unwrap()
+                * 40.0)
+                .unwrap()
+                .reshape((2, 3, 4, 5))
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            // [2, 1, 4, 5]: causal-like, row 0 of batch 1 sees nothing.
+            let mut m = vec![0f64; 2 * 4 * 5];
+            for b in 0..2 {
+                for i in 0..4 {
+                    for j in 0..5 {
+                        if j > i + 1 || (b == 1 && i == 0) {
+                            m[(b * 4 + i) * 5 + j] = -1e30;
+                        }
+                    }
+                }
+            }
+            let mask = Tensor::from_vec(m, (2, 1, 4, 5), &d)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let fused = masked_softmax(&scores, &mask, 0.7).unwrap();
+            let plain = candle_nn::ops::softmax(
+                &(&scores * 0.7).unwrap().broadcast_add(&mask).unwrap(),
+                D::Minus1,
+            )
+            .unwrap();
+            let diff = (fused - plain)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            let tol = if dtype == DType::F64 { 1e-15 } else { 1e-6 };
+            assert!(diff <= tol, "{dtype:?}: {diff}");
+        }
+    }
+
+    #[test]
+    fn other_dtypes_are_refused() {
+        let d = Device::Cpu;
+        let x = Tensor::zeros((2, 3), DType::BF16, &d).unwrap();
+        let err = masked_softmax(&x, &x, 1.0).unwrap_err();
+        assert!(err.to_string().contains("float32"), "{err}");
+    }
+}
