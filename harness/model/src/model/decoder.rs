@@ -1,9 +1,10 @@
 //! The one decoder-only transformer behind every supported architecture.
 //!
 //! Reads top-down: norms and rotary embeddings, attention, MLP, block, model. Architecture
-//! differences come from [`ModelConfig`] settings. Norms and rotary embeddings use plain tensor
-//! ops (candle's fused versions record no backward pass, and the trainer reuses this code);
-//! softmax is fused only when [`Kernels::Fused`] says the caller does not need gradients.
+//! differences come from [`ModelConfig`] settings. Without gradients, norms (float32), rotary
+//! embeddings and the attention's scale-mask-softmax run as one-pass kernels (candle's, and
+//! [`fused`]); with gradients they run as [`kernels`]' ops, which record a closed-form backward
+//! (candle's fused kernels record none, and the trainer reuses this code).
 
 use std::cell::RefCell;
 
@@ -11,6 +12,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::{Activation, ModelConfig, NormStyle, RopeSpec};
+use super::fused;
 use super::kernels::{self, masked_softmax};
 use super::kv_cache::KvCache;
 use super::matmul::{linear, matmul};
@@ -66,6 +68,15 @@ impl RmsNorm {
             };
             return kernels::rms_norm(x, &w, self.eps);
         }
+        if dtype == DType::F32 {
+            // Inference in float32: candle's one-pass kernel (same formula; float64 stays on
+            // the tensor ops, whose sums candle's kernel would take in float32).
+            let w = match self.style {
+                NormStyle::Scale => self.weight.clone(),
+                NormStyle::OnePlusScale => (self.weight.to_dtype(dtype)? + 1.0)?,
+            };
+            return candle_nn::ops::rms_norm(&x.contiguous()?, &w, self.eps as f32);
+        }
         let x32 = x.to_dtype(upcast(dtype))?;
         let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
             .sqrt()?
@@ -83,10 +94,14 @@ impl RmsNorm {
     }
 }
 
-/// cos/sin of every (row, position) for one rope setting, shaped `[batch, 1, seq, head_dim]`.
+/// cos/sin of every (row, position) for one rope setting, shaped `[batch, 1, seq, head_dim]`
+/// (both halves, for the differentiable kernel) and `[batch, seq, head_dim / 2]` (one half, for
+/// candle's fused rope).
 struct RotaryAngles {
     cos: Tensor,
     sin: Tensor,
+    cos_half: Tensor,
+    sin_half: Tensor,
 }
 
 impl RotaryAngles {
@@ -101,9 +116,12 @@ impl RotaryAngles {
         let pos = positions.to_dtype(DType::F32)?.reshape((b * t, 1))?;
         let freqs = pos.broadcast_mul(&inv_freq)?;
         let emb = Tensor::cat(&[&freqs, &freqs], 1)?.reshape((b, 1, t, head_dim))?;
+        let half = freqs.reshape((b, t, head_dim / 2))?;
         Ok(Self {
             cos: emb.cos()?.to_dtype(dtype)?,
             sin: emb.sin()?.to_dtype(dtype)?,
+            cos_half: half.cos()?.to_dtype(dtype)?,
+            sin_half: half.sin()?.to_dtype(dtype)?,
         })
     }
 
@@ -112,11 +130,8 @@ impl RotaryAngles {
         if x.track_op() {
             return kernels::rope(x, &self.cos, &self.sin);
         }
-        let half = x.dim(D::Minus1)? / 2;
-        let x1 = x.narrow(D::Minus1, 0, half)?;
-        let x2 = x.narrow(D::Minus1, half, half)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?
+        // Inference: candle's one-pass kernel, the same products and sums.
+        candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos_half, &self.sin_half)
     }
 }
 
@@ -261,6 +276,21 @@ impl Attention {
                 s,
             ))?;
             let probs = masked_softmax(&scores, ctx.mask(spec.sliding_window), self.scale)?
+                .to_dtype(v.dtype())?
+                .reshape((b, self.num_kv_heads, rep * t, s))?;
+            return self.attend(&probs, &v, b, t, ctx);
+        }
+        if ctx.kernels == Kernels::Fused && self.softcap.is_none() {
+            // Inference: scale, mask and softmax in one pass (see `fused`); a half-precision
+            // model scales in its own dtype first, as transformers does.
+            let scores = matmul(&q, &k.t()?)?;
+            let (scores, scale) = if upcast(x.dtype()) == x.dtype() {
+                (scores, self.scale)
+            } else {
+                ((scores * self.scale)?.to_dtype(upcast(x.dtype()))?, 1.0)
+            };
+            let scores = scores.reshape((b, self.num_kv_heads, rep, t, s))?;
+            let probs = fused::masked_softmax(&scores, ctx.mask(spec.sliding_window), scale)?
                 .to_dtype(v.dtype())?
                 .reshape((b, self.num_kv_heads, rep * t, s))?;
             return self.attend(&probs, &v, b, t, ctx);

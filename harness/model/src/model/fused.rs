@@ -12,6 +12,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{op::BackpropOp, Storage};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `softmax(scale · scores + mask)` over the last dimension, in the scores' dtype (float32 or
 /// float64); `mask` (additive) broadcasts to `scores`. No backward pass (the training kernel
@@ -34,6 +35,7 @@ trait Float: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> {
     /// Below this (relative to the row maximum) `exp` rounds to 0.
     const UNDERFLOW: Self;
     const ZERO: Self;
+    const ONE: Self;
     const NEG_INFINITY: Self;
     fn from_f64(v: f64) -> Self;
     fn mul(self, other: Self) -> Self;
@@ -46,6 +48,7 @@ impl Float for f32 {
     // exp(-104) = 6.8e-46 rounds to 0: the smallest subnormal float32 is 1.4e-45.
     const UNDERFLOW: f32 = -104.0;
     const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
     const NEG_INFINITY: f32 = f32::NEG_INFINITY;
     fn from_f64(v: f64) -> f32 {
         v as f32
@@ -68,6 +71,7 @@ impl Float for f64 {
     // exp(-746) rounds to 0: the smallest subnormal float64 is 4.9e-324 = exp(-744.4).
     const UNDERFLOW: f64 = -746.0;
     const ZERO: f64 = 0.0;
+    const ONE: f64 = 1.0;
     const NEG_INFINITY: f64 = f64::NEG_INFINITY;
     fn from_f64(v: f64) -> f64 {
         v
@@ -86,24 +90,27 @@ impl Float for f64 {
     }
 }
 
-/// One row: `out = softmax(scale · x + m)`.
-fn softmax_row<T: Float>(x: &[T], m: &[T], scale: T, out: &mut [T]) {
+/// One row: `out = softmax(scale · x + m)`; `out` may start uninitialised.
+fn softmax_row<T: Float>(x: &[T], m: &[T], scale: T, out: &mut [MaybeUninit<T>]) {
     let mut max = T::NEG_INFINITY;
-    for ((o, &x), &m) in out.iter_mut().zip(x).zip(m) {
+    for (&x, &m) in x.iter().zip(m) {
         let v = x.mul(scale) + m;
-        *o = v;
         if v > max {
             max = v;
         }
     }
     let mut sum = T::ZERO;
-    for o in out.iter_mut() {
-        let d = o.sub(max);
-        *o = if d < T::UNDERFLOW { T::ZERO } else { d.exp() };
-        sum = sum + *o;
+    for ((o, &x), &m) in out.iter_mut().zip(x).zip(m) {
+        let d = (x.mul(scale) + m).sub(max);
+        let e = if d < T::UNDERFLOW { T::ZERO } else { d.exp() };
+        o.write(e);
+        sum = sum + e;
     }
+    let inv = T::ONE.div(sum);
     for o in out.iter_mut() {
-        *o = o.div(sum);
+        // SAFETY: written just above.
+        let e = unsafe { o.assume_init() };
+        o.write(e.mul(inv));
     }
 }
 
@@ -132,11 +139,12 @@ fn cpu_softmax<T: Float>(x: &[T], xl: &Layout, m: &[T], ml: &Layout, scale: f64)
         offset
     };
     let scale = T::from_f64(scale);
-    let mut out = vec![T::ZERO; x.len()];
+    let mut out = Vec::with_capacity(x.len());
     if width == 0 {
         return Ok(out);
     }
-    out.par_chunks_mut(width * ROWS_PER_TASK)
+    out.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(width * ROWS_PER_TASK)
         .zip(x.par_chunks(width * ROWS_PER_TASK))
         .enumerate()
         .for_each(|(task, (out, x))| {
@@ -145,6 +153,8 @@ fn cpu_softmax<T: Float>(x: &[T], xl: &Layout, m: &[T], ml: &Layout, scale: f64)
                 softmax_row(x, &m[ms..ms + width], scale, out);
             }
         });
+    // SAFETY: the rows tile the output and `softmax_row` writes every element of its row.
+    unsafe { out.set_len(x.len()) };
     Ok(out)
 }
 
