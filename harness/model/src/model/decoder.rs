@@ -470,6 +470,68 @@ pub struct Batch<'a> {
     pub valid: &'a [Vec<bool>],
 }
 
+/// Several sequences packed into one row of a [`Batch`], each seeing only its own tokens.
+///
+/// Every new token belongs to a segment. A token sees the cached keys and the new tokens of its
+/// own segment and of the segments above it (`parent`, up to segment 0, the trunk), always only
+/// at positions up to its own. Choices of one question thus share the question's tokens (one
+/// segment) without seeing each other (a segment each, children of the question's).
+pub struct Segments<'a> {
+    /// `[batch][seq]`: the segment of every new token.
+    pub of_token: &'a [Vec<u32>],
+    /// `[batch][segment]`: the parent of every segment; `parent[s] < s` for `s > 0`, and
+    /// `parent[0] == 0`.
+    pub parent: &'a [Vec<u32>],
+}
+
+impl Segments<'_> {
+    fn check(&self, batch: &Batch) -> Result<()> {
+        if self.of_token.len() != batch.tokens.len() || self.parent.len() != batch.tokens.len() {
+            candle_core::bail!("segments: one list per batch row expected");
+        }
+        for (row, (of, parent)) in self.of_token.iter().zip(self.parent).enumerate() {
+            if of.len() != batch.tokens[row].len() {
+                candle_core::bail!(
+                    "segments: row {row} has {} tokens but {} segment ids",
+                    batch.tokens[row].len(),
+                    of.len()
+                );
+            }
+            if parent.first().is_some_and(|&p| p != 0) {
+                candle_core::bail!("segments: row {row}: segment 0 must be its own parent");
+            }
+            if let Some(s) = (1..parent.len()).find(|&s| parent[s] as usize >= s) {
+                candle_core::bail!(
+                    "segments: row {row}: segment {s} has parent {} (must be smaller)",
+                    parent[s]
+                );
+            }
+            if let Some(&s) = of.iter().find(|&&s| s as usize >= parent.len().max(1)) {
+                candle_core::bail!("segments: row {row}: segment {s} has no parent entry");
+            }
+        }
+        Ok(())
+    }
+
+    /// `[segment][segment]` of one row: whether a token of the first may see one of the second.
+    fn visibility(&self, row: usize) -> Vec<Vec<bool>> {
+        let parent = &self.parent[row];
+        let n = parent.len().max(1);
+        let mut sees = vec![vec![false; n]; n];
+        for (q, sees) in sees.iter_mut().enumerate() {
+            let mut s = q;
+            loop {
+                sees[s] = true;
+                if s == 0 {
+                    break;
+                }
+                s = parent[s] as usize;
+            }
+        }
+        sees
+    }
+}
+
 impl Decoder {
     /// Loads from a `VarBuilder` whose names follow transformers' (`model.layers.N.…`).
     pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
@@ -525,6 +587,15 @@ impl Decoder {
     /// Runs new tokens through the model, extending `cache`; returns final hidden states
     /// `[batch, seq, hidden]` (after the last norm).
     pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_with(batch, None, cache)
+    }
+
+    fn forward_with(
+        &self,
+        batch: &Batch,
+        segments: Option<&Segments>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
         if cache.batch() != batch.tokens.len() {
             candle_core::bail!(
                 "cache has {} rows but the batch has {}",
@@ -538,8 +609,39 @@ impl Decoder {
         }
         let (key_pos, key_valid) = (cache.positions.clone(), cache.valid.clone());
         Ok(self
-            .run(batch, Some(cache), &key_pos, &key_valid, self.kernels, None)?
+            .run(
+                batch,
+                Some(cache),
+                Keys {
+                    positions: &key_pos,
+                    valid: &key_valid,
+                    segments,
+                },
+                self.kernels,
+                None,
+            )?
             .0)
+    }
+
+    /// [`Decoder::forward`] for rows that pack several sequences (see [`Segments`]). Afterwards
+    /// the cache keeps only the new tokens of segment 0 visible to later calls.
+    pub fn forward_segmented(
+        &self,
+        batch: &Batch,
+        segments: &Segments,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        segments.check(batch)?;
+        let cached = cache.len();
+        let hidden = self.forward_with(batch, Some(segments), cache)?;
+        for (row, of) in segments.of_token.iter().enumerate() {
+            for (i, &s) in of.iter().enumerate() {
+                if s != 0 {
+                    cache.valid[row][cached + i] = false;
+                }
+            }
+        }
+        Ok(hidden)
     }
 
     /// The training forward pass: whole sequences, no KV cache, only differentiable ops (candle's
@@ -559,8 +661,11 @@ impl Decoder {
         self.run(
             batch,
             None,
-            batch.positions,
-            batch.valid,
+            Keys {
+                positions: batch.positions,
+                valid: batch.valid,
+                segments: None,
+            },
             Kernels::Differentiable,
             dropout,
         )
@@ -570,8 +675,7 @@ impl Decoder {
         &self,
         batch: &Batch,
         mut cache: Option<&mut KvCache>,
-        key_pos: &[Vec<i64>],
-        key_valid: &[Vec<bool>],
+        keys: Keys,
         kernels: Kernels,
         dropout: Option<DropoutKey>,
     ) -> Result<(Tensor, Vec<Tensor>)> {
@@ -584,12 +688,7 @@ impl Decoder {
         windows.dedup();
         let masks = windows
             .iter()
-            .map(|&w| {
-                Ok((
-                    w,
-                    attention_mask(batch.positions, key_pos, key_valid, w, &device)?,
-                ))
-            })
+            .map(|&w| Ok((w, attention_mask(batch.positions, &keys, w, &device)?)))
             .collect::<Result<Vec<_>>>()?;
         let positions = Tensor::from_vec(batch.positions.concat(), (b, t), &device)?;
         let mut specs: Vec<&RopeSpec> = Vec::new();
@@ -673,25 +772,41 @@ impl Decoder {
     }
 }
 
-/// `[batch, 1, 1, q, k]` additive mask: query i sees key j when j is real, `pos_j <= pos_i`, and
-/// (with a window W) `pos_i - W < pos_j`.
+/// What a forward call's queries attend to: every key slot of every row (cached, then new).
+struct Keys<'a> {
+    positions: &'a [Vec<i64>],
+    valid: &'a [Vec<bool>],
+    segments: Option<&'a Segments<'a>>,
+}
+
+/// `[batch, 1, 1, q, k]` additive mask: query i sees key j when j is real, `pos_j <= pos_i`,
+/// (with a window W) `pos_i - W < pos_j`, and (with segments) j is cached or in a segment that i
+/// sees. The queries are the last `q` keys.
 fn attention_mask(
     query_pos: &[Vec<i64>],
-    key_pos: &[Vec<i64>],
-    key_valid: &[Vec<bool>],
+    keys: &Keys,
     window: Option<usize>,
     device: &Device,
 ) -> Result<Tensor> {
+    let (key_pos, key_valid, segments) = (keys.positions, keys.valid, keys.segments);
     let b = query_pos.len();
     let t = query_pos.first().map_or(0, Vec::len);
     let s = key_pos.first().map_or(0, Vec::len);
+    let new_from = s.saturating_sub(t);
     let mut mask = vec![MASKED; b * t * s];
     for row in 0..b {
+        let seg = segments.map(|g| (&g.of_token[row], g.visibility(row)));
         for (i, &qp) in query_pos[row].iter().enumerate() {
             let out = &mut mask[(row * t + i) * s..(row * t + i + 1) * s];
             for (j, (&kp, &ok)) in key_pos[row].iter().zip(&key_valid[row]).enumerate() {
                 let in_window = window.is_none_or(|w| qp - kp < w as i64);
-                if ok && kp <= qp && in_window {
+                let related = match &seg {
+                    Some((of, sees)) if j >= new_from => {
+                        sees[of[i] as usize][of[j - new_from] as usize]
+                    }
+                    _ => true,
+                };
+                if ok && kp <= qp && in_window && related {
                     out[j] = 0.0;
                 }
             }

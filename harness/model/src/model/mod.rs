@@ -9,6 +9,6 @@ pub mod matmul;
 pub mod projection;
 
 pub use config::{Architecture, ModelConfig};
-pub use decoder::{Batch, Decoder, Kernels};
+pub use decoder::{Batch, Decoder, Kernels, Segments};
 pub use kv_cache::KvCache;
 pub use projection::{Adapter, DropoutKey, Lora, MoeLora, Projection};
