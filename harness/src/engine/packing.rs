@@ -81,10 +81,10 @@ pub fn plan(requests: &[ScoreRequest], rows: usize, reuse: bool) -> Vec<Pass> {
     let mut units: Vec<Unit> = Vec::new();
     for &i in &order {
         match units.last_mut() {
-            // Requests sharing a context join its unit while the unit fits a row.
+            // Requests sharing a context join its unit while their own tokens fit a row.
             Some(u)
                 if context(u.requests[0]) == context(i)
-                    && u.len(requests, 0) + requests[i].scored <= ROW_TOKENS =>
+                    && u.len(requests, u.context) + requests[i].scored <= ROW_TOKENS =>
             {
                 u.requests.push(i)
             }
@@ -335,6 +335,26 @@ mod tests {
             assert_eq!(p.forwarded(), 3 * 3);
             assert_eq!(p.placements.len(), 6);
         }
+    }
+
+    #[test]
+    fn a_long_context_keeps_its_choices_in_one_unit() {
+        // MMLU-like: a 600-token context (longer than a row) and four one-token choices, two
+        // such questions: one pass, each question's context computed once.
+        let mut requests = Vec::new();
+        for q in 0..2u32 {
+            for c in 0..4u32 {
+                let mut t: Vec<u32> = (0..550).collect();
+                t.extend((0..50).map(|i| 10_000 * (q + 1) + i));
+                t.push(90_000 + c);
+                requests.push(req(&t, 1));
+            }
+        }
+        let passes = plan(&requests, 8, true);
+        assert_eq!(passes.len(), 1);
+        assert_eq!(passes[0].trunk, 550);
+        // Per question: 49 context tokens past the trunk, then its last token once per choice.
+        assert_eq!(passes[0].forwarded(), 2 * (49 + 4));
     }
 
     #[test]
