@@ -351,6 +351,11 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let gate = ctx.project(&self.gate_proj, x)?;
+        if self.activation == Activation::Silu && !gate.track_op() {
+            // Inference: activation and product in one pass.
+            let up = ctx.project(&self.up_proj, x)?;
+            return ctx.project(&self.down_proj, &fused::silu_mul(&gate, &up)?);
+        }
         let gate = match self.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,

@@ -1,11 +1,13 @@
-//! The attention's scale, mask and softmax as one pass over the scores.
+//! One-pass CPU kernels for inference: the attention's scale-mask-softmax, the SwiGLU MLP's
+//! `silu(gate)·up` and the log-sum-exp of logit rows. None records a backward pass; on devices
+//! other than the CPU each runs as the tensor ops it replaces.
 //!
-//! Written as separate tensor ops they take four passes over the largest tensor of a forward
-//! pass (`[batch, heads, queries, keys]`), and the exponential of every masked score (the mask
-//! adds -1e30) takes the C library's slow underflow path, which sets `errno`: 12% of a scoring
-//! run's time on SmolLM2. Here a score that far below its row's maximum is 0 without calling
-//! `exp` (it would round to 0 anyway), so the result is the same softmax. On devices other than
-//! the CPU the op runs as the tensor ops it replaces.
+//! Softmax: written as separate tensor ops it takes four passes over the largest tensor of a
+//! forward pass (`[batch, heads, queries, keys]`), and the exponential of every masked score (the
+//! mask adds -1e30) takes the C library's slow underflow path, which sets `errno`: 12% of a
+//! scoring run's time on SmolLM2. Here a score that far below its row's maximum is 0 without
+//! calling `exp` (it would round to 0 anyway), so the result is the same softmax. Float32 runs on
+//! vector units with a polynomial `exp` (see `rows_f32`).
 
 use candle_core::backend::BackendStorage;
 #[cfg(feature = "cuda")]
@@ -44,6 +46,8 @@ trait Float: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> {
     fn exp(self) -> Self;
     /// One row of the softmax (see [`softmax_row`]).
     fn row(x: &[Self], m: &[Self], scale: Self, out: &mut [MaybeUninit<Self>]);
+    /// `log Σ exp` of one row, shifted by its maximum.
+    fn log_sum_exp_row(x: &[Self]) -> Self;
 }
 
 impl Float for f32 {
@@ -70,6 +74,9 @@ impl Float for f32 {
     fn row(x: &[f32], m: &[f32], scale: f32, out: &mut [MaybeUninit<f32>]) {
         rows_f32::softmax_row(x, m, scale, out)
     }
+    fn log_sum_exp_row(x: &[f32]) -> f32 {
+        rows_f32::log_sum_exp(x)
+    }
 }
 
 impl Float for f64 {
@@ -95,6 +102,13 @@ impl Float for f64 {
     }
     fn row(x: &[f64], m: &[f64], scale: f64, out: &mut [MaybeUninit<f64>]) {
         softmax_row(x, m, scale, out)
+    }
+    fn log_sum_exp_row(x: &[f64]) -> f64 {
+        let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if max == f64::NEG_INFINITY {
+            return max;
+        }
+        max + x.iter().map(|&v| (v - max).exp()).sum::<f64>().ln()
     }
 }
 
@@ -168,20 +182,7 @@ mod rows_f32 {
         }
         // SAFETY: every element was written just above.
         let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        let mut lanes = [f32::NEG_INFINITY; LANES];
-        let mut chunks = out.chunks_exact(LANES);
-        for c in &mut chunks {
-            for (l, &v) in lanes.iter_mut().zip(c) {
-                *l = if v > *l { v } else { *l };
-            }
-        }
-        let mut max = chunks
-            .remainder()
-            .iter()
-            .fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
-        for l in lanes {
-            max = if l > max { l } else { max };
-        }
+        let max = max_of(out);
         let mut sums = [0f32; LANES];
         let mut chunks = out.chunks_exact_mut(LANES);
         for c in &mut chunks {
@@ -208,10 +209,103 @@ mod rows_f32 {
         body(x, m, scale, out)
     }
 
+    #[inline(always)]
+    fn max_of(x: &[f32]) -> f32 {
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let mut chunks = x.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l = if v > *l { v } else { *l };
+            }
+        }
+        let mut max = chunks
+            .remainder()
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
+        for l in lanes {
+            max = if l > max { l } else { max };
+        }
+        max
+    }
+
+    #[inline(always)]
+    fn log_sum_exp_body(x: &[f32]) -> f32 {
+        let max = max_of(x);
+        if max == f32::NEG_INFINITY || max.is_nan() {
+            return max;
+        }
+        let mut sums = [0f32; LANES];
+        let mut chunks = x.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (s, &v) in sums.iter_mut().zip(c) {
+                *s += exp_neg(v - max);
+            }
+        }
+        let mut sum: f32 = chunks.remainder().iter().map(|&v| exp_neg(v - max)).sum();
+        sum += sums.iter().sum::<f32>();
+        max + sum.ln()
+    }
+
+    /// `x · sigmoid(x)` with `sigmoid` from `exp(-|x|)`, which never overflows.
+    #[inline(always)]
+    fn silu_mul_body(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
+        for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+            let a = if g < 0.0 { g } else { -g };
+            let e = exp_neg(a);
+            let sigmoid = if g < 0.0 {
+                e / (1.0 + e)
+            } else {
+                1.0 / (1.0 + e)
+            };
+            o.write(g * sigmoid * u);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn log_sum_exp_avx2(x: &[f32]) -> f32 {
+        log_sum_exp_body(x)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn silu_mul_avx2(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
+        silu_mul_body(g, u, out)
+    }
+
+    fn vector_units() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    pub(super) fn log_sum_exp(x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if vector_units() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { log_sum_exp_avx2(x) };
+        }
+        log_sum_exp_body(x)
+    }
+
+    pub(super) fn silu_mul(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
+        #[cfg(target_arch = "x86_64")]
+        if vector_units() {
+            // SAFETY: as above.
+            return unsafe { silu_mul_avx2(g, u, out) };
+        }
+        silu_mul_body(g, u, out)
+    }
+
     pub(super) fn softmax_row(x: &[f32], m: &[f32], scale: f32, out: &mut [MaybeUninit<f32>]) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if vector_units() {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { body_avx2(x, m, scale, out) };
         }
@@ -298,22 +392,170 @@ impl CustomOp2 for MaskedSoftmax {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let tensor = |s: &candle_core::CudaStorage, l: &Layout| -> Result<Tensor> {
-            let t = Tensor::from_storage(
+        let scale = self.scale;
+        on_gpu(&[(s1, l1), (s2, l2)], |t| {
+            candle_nn::ops::softmax_last_dim(&(&t[0] * scale)?.broadcast_add(&t[1])?)
+        })
+    }
+}
+
+/// `silu(gate) · up` elementwise (the SwiGLU MLP), in one pass for float32 on the CPU; other
+/// dtypes run as candle's ops.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.dtype() != candle_core::DType::F32 || gate.shape() != up.shape() {
+        return candle_nn::ops::silu(gate)? * up;
+    }
+    gate.contiguous()?
+        .apply_op2_no_bwd(&up.contiguous()?, &SiluMul)
+}
+
+struct SiluMul;
+
+/// Elements handed to one thread at a time.
+const ELEMENTS_PER_TASK: usize = 1 << 14;
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(g), CpuStorage::F32(u)) = (s1, s2) else {
+            candle_core::bail!("silu-mul runs in float32, not {:?}", s1.dtype());
+        };
+        let (Some((g0, g1)), Some((u0, u1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("silu-mul: both inputs must be contiguous");
+        };
+        let (g, u) = (&g[g0..g1], &u[u0..u1]);
+        let mut out = Vec::with_capacity(g.len());
+        out.spare_capacity_mut()[..g.len()]
+            .par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(g.par_chunks(ELEMENTS_PER_TASK))
+            .zip(u.par_chunks(ELEMENTS_PER_TASK))
+            .for_each(|((o, g), u)| rows_f32::silu_mul(g, u, o));
+        // SAFETY: the chunks tile the output and `silu_mul` writes each of its elements.
+        unsafe { out.set_len(g.len()) };
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        on_gpu(&[(s1, l1), (s2, l2)], |t| {
+            candle_nn::ops::silu(&t[0])? * &t[1]
+        })
+    }
+}
+
+/// `log Σ exp` over the last dimension of `[.., n]` logits, in their dtype, shifted by each
+/// row's maximum. One pass per row for float32 and float64 on the CPU; candle's ops otherwise.
+pub fn log_sum_exp(logits: &Tensor) -> Result<Tensor> {
+    if !matches!(
+        logits.dtype(),
+        candle_core::DType::F32 | candle_core::DType::F64
+    ) {
+        let max = logits.max_keepdim(candle_core::D::Minus1)?;
+        let sum = logits
+            .broadcast_sub(&max)?
+            .exp()?
+            .sum_keepdim(candle_core::D::Minus1)?;
+        return (sum.log()? + max)?.squeeze(candle_core::D::Minus1);
+    }
+    logits.contiguous()?.apply_op1_no_bwd(&LogSumExp)
+}
+
+struct LogSumExp;
+
+fn cpu_log_sum_exp<T: Float>(x: &[T], l: &Layout) -> Result<(Vec<T>, Shape)> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("log-sum-exp: the logits must be contiguous");
+    };
+    let dims = l.dims();
+    let Some((&width, leading)) = dims.split_last() else {
+        candle_core::bail!("log-sum-exp: the logits need a dimension to sum over");
+    };
+    let x = &x[start..end];
+    let out = if width == 0 {
+        vec![T::NEG_INFINITY; leading.iter().product()]
+    } else {
+        x.par_chunks(width).map(T::log_sum_exp_row).collect()
+    };
+    Ok((out, Shape::from(leading.to_vec())))
+}
+
+impl candle_core::CustomOp1 for LogSumExp {
+    fn name(&self) -> &'static str {
+        "log-sum-exp"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        match s {
+            CpuStorage::F32(x) => {
+                let (v, shape) = cpu_log_sum_exp(x, l)?;
+                Ok((CpuStorage::F32(v), shape))
+            }
+            CpuStorage::F64(x) => {
+                let (v, shape) = cpu_log_sum_exp(x, l)?;
+                Ok((CpuStorage::F64(v), shape))
+            }
+            _ => candle_core::bail!(
+                "log-sum-exp runs in float32 or float64, not {:?}",
+                s.dtype()
+            ),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        on_gpu(&[(s, l)], |t| {
+            let max = t[0].max_keepdim(candle_core::D::Minus1)?;
+            let sum = t[0]
+                .broadcast_sub(&max)?
+                .exp()?
+                .sum_keepdim(candle_core::D::Minus1)?;
+            (sum.log()? + max)?.squeeze(candle_core::D::Minus1)
+        })
+    }
+}
+
+/// Runs `f` on GPU storages seen as tensors and hands back the result's storage.
+#[cfg(feature = "cuda")]
+fn on_gpu(
+    inputs: &[(&candle_core::CudaStorage, &Layout)],
+    f: impl FnOnce(&[Tensor]) -> Result<Tensor>,
+) -> Result<(candle_core::CudaStorage, Shape)> {
+    let tensors = inputs
+        .iter()
+        .map(|(s, l)| {
+            Ok(Tensor::from_storage(
                 Storage::Cuda(s.try_clone(l)?),
                 l.shape().clone(),
                 BackpropOp::none(),
                 false,
-            );
-            Ok(t)
-        };
-        let (x, m) = (tensor(s1, l1)?, tensor(s2, l2)?);
-        let y = candle_nn::ops::softmax_last_dim(&(x * self.scale)?.broadcast_add(&m)?)?;
-        let (s, l) = y.storage_and_layout();
-        match &*s {
-            Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
-            _ => candle_core::bail!("masked softmax: the result left the GPU"),
-        }
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let y = f(&tensors)?;
+    let (s, l) = y.storage_and_layout();
+    match &*s {
+        Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+        _ => candle_core::bail!("the result left the GPU"),
     }
 }
 
@@ -389,6 +631,55 @@ mod tests {
         assert_eq!(rows_f32::exp_neg(-88.0), 0.0);
         assert_eq!(rows_f32::exp_neg(-1e30), 0.0);
         assert_eq!(rows_f32::exp_neg(0.0), 1.0);
+    }
+
+    #[test]
+    fn silu_mul_and_log_sum_exp_equal_candles_ops() {
+        let d = Device::Cpu;
+        // Values from -100 to 100: large arguments, both signs, and a row of -inf.
+        let x = (Tensor::arange(0f32, 3.0 * 1000.0, &d)
+            .unwrap()
+            .sin()
+            .unwrap()
+            * 100.0)
+            .unwrap()
+            .reshape((3, 1000))
+            .unwrap();
+        let u = x.cos().unwrap();
+        let fused = silu_mul(&x, &u).unwrap();
+        let plain = (candle_nn::ops::silu(&x).unwrap() * &u).unwrap();
+        let a: Vec<f32> = fused.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = plain.flatten_all().unwrap().to_vec1().unwrap();
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        let rows = Tensor::cat(
+            &[&x, &Tensor::full(f32::NEG_INFINITY, (1, 1000), &d).unwrap()],
+            0,
+        )
+        .unwrap();
+        for dtype in [DType::F32, DType::F64] {
+            let rows = rows.to_dtype(dtype).unwrap();
+            let got: Vec<f64> = log_sum_exp(&rows)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let v: Vec<Vec<f64>> = rows.to_dtype(DType::F64).unwrap().to_vec2().unwrap();
+            for (g, row) in got.iter().zip(&v) {
+                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let want = if max == f64::NEG_INFINITY {
+                    max
+                } else {
+                    max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln()
+                };
+                assert!(
+                    g == &want || (g - want).abs() <= 1e-5 * want.abs(),
+                    "{dtype:?}: {g} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]
