@@ -9,5 +9,6 @@ pub mod blas;
 pub mod checkpoint;
 pub mod device;
 pub mod error;
+pub mod memory;
 pub mod model;
 pub mod tokenizer;
