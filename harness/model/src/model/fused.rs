@@ -156,7 +156,10 @@ mod rows_f32 {
     #[inline(always)]
     pub(super) fn exp_neg(d: f32) -> f32 {
         let c = if d < CUT { CUT } else { d };
-        let k = (c * LOG2E + ROUND) - ROUND;
+        let shifted = c * LOG2E + ROUND;
+        let k = shifted - ROUND;
+        // k as an integer, read from the mantissa (a float-to-int cast would not vectorise).
+        let k_int = shifted.to_bits().wrapping_sub(ROUND.to_bits());
         let r = (c - k * LN2_HI) - k * LN2_LO;
         // exp(r) on |r| ≤ ln2/2: a degree-7 minimax polynomial (Cephes' expf coefficients).
         let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
@@ -165,7 +168,7 @@ mod rows_f32 {
             * r
             + 0.5;
         let e = (p * r * r + r) + 1.0;
-        let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+        let two_k = f32::from_bits(k_int.wrapping_add(127) << 23);
         if d < CUT {
             0.0
         } else {
