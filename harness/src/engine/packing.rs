@@ -71,8 +71,8 @@ impl Unit {
     }
 }
 
-/// Lays out `requests` in passes of at most `rows` rows; `reuse` false puts no token in a trunk
-/// (every token is computed in the pass that needs it).
+/// Lays out `requests` in passes of at most `rows` rows; `reuse` false shares nothing: no trunk,
+/// no shared context, every request's every token computed (still several to a row).
 pub fn plan(requests: &[ScoreRequest], rows: usize, reuse: bool) -> Vec<Pass> {
     let rows = rows.max(1);
     let mut order: Vec<usize> = (0..requests.len()).collect();
@@ -81,9 +81,11 @@ pub fn plan(requests: &[ScoreRequest], rows: usize, reuse: bool) -> Vec<Pass> {
     let mut units: Vec<Unit> = Vec::new();
     for &i in &order {
         match units.last_mut() {
-            // Requests sharing a context join its unit while their own tokens fit a row.
+            // Requests sharing a context join its unit while their own tokens fit a row (with
+            // reuse off every request is computed whole, on its own).
             Some(u)
-                if context(u.requests[0]) == context(i)
+                if reuse
+                    && context(u.requests[0]) == context(i)
                     && u.len(requests, u.context) + requests[i].scored <= ROW_TOKENS =>
             {
                 u.requests.push(i)
@@ -122,7 +124,7 @@ pub fn plan(requests: &[ScoreRequest], rows: usize, reuse: bool) -> Vec<Pass> {
                 .map(|&s| s.saturating_sub(t))
                 .sum();
             let work: usize = candidate.iter().map(|u| u.len(requests, t)).sum();
-            if 4 * rework > work {
+            if reuse && 4 * rework > work {
                 break;
             }
             match pack(requests, candidate, t, rows) {
@@ -284,10 +286,15 @@ mod tests {
         assert_eq!(placed, vec![(0, 0, 1), (1, 0, 2), (2, 0, 4), (3, 0, 5)]);
         assert_eq!(p.forwarded(), 6);
 
-        // Without reuse nothing is a trunk: each question carries the preamble itself.
+        // Without reuse nothing is shared: every request is computed whole, on its own.
         let p = &plan(&requests, 8, false)[0];
         assert_eq!(p.trunk, 0);
-        assert_eq!(p.forwarded(), (4 + 1 + 2) + (3 + 1 + 1));
+        assert_eq!(p.forwarded(), 5 + 6 + 4 + 4);
+        assert_eq!(
+            p.parent[0],
+            vec![0; 5],
+            "four requests, each its own segment"
+        );
     }
 
     #[test]
