@@ -208,6 +208,19 @@ impl Blas {
             .as_ref()
     }
 
+    /// What runs the CPU's float32/float64 matrix products, for reports: the library and its
+    /// kernels, or candle's matmul.
+    pub fn describe() -> String {
+        match Blas::global() {
+            Some(b) => format!(
+                "BLAS {} ({} kernels)",
+                b.path.display(),
+                b.core().unwrap_or("unknown")
+            ),
+            None => "candle's matmul".to_owned(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

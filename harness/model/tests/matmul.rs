@@ -266,6 +266,9 @@ fn gradients_match_candles_and_skip_frozen_operands() {
 fn the_library_reports_what_it_is() {
     let blas = blas();
     assert!(blas.path().exists());
-    // OpenBLAS names the kernels it picked for this CPU.
+    // OpenBLAS names the kernels it picked for this CPU, and reports say so.
     assert!(blas.core().is_some_and(|c| !c.is_empty()), "{blas:?}");
+    let said = Blas::describe();
+    assert!(said.contains(&*blas.path().to_string_lossy()), "{said}");
+    assert!(said.contains(blas.core().unwrap()), "{said}");
 }

@@ -13,6 +13,7 @@ fn a_missing_library_falls_back_to_candle() {
     let missing = "/nonexistent/libopenblas-for-dtm-tests.so";
     std::env::set_var("DTM_BLAS", missing);
     assert!(Blas::global().is_none(), "a missing library is not used");
+    assert_eq!(Blas::describe(), "candle's matmul");
 
     let err = Blas::open(Path::new(missing)).unwrap_err();
     assert!(matches!(err, BlasError::Open { .. }));
