@@ -272,3 +272,61 @@ fn the_library_reports_what_it_is() {
     assert!(said.contains(&*blas.path().to_string_lossy()), "{said}");
     assert!(said.contains(blas.core().unwrap()), "{said}");
 }
+
+#[test]
+fn linear_layers_on_any_rank_and_their_gradients() {
+    blas();
+    for dtype in [DType::F32, DType::F64] {
+        let w = tensor(&[7, 5], 1, dtype);
+        // [2, 3, 5], a transposed (non-nesting) [3, 2, 5] and a single vector [5].
+        let x = tensor(&[2, 3, 5], 2, dtype);
+        let xt = x.transpose(0, 1).unwrap();
+        for (x, name) in [
+            (x.clone(), "3-d"),
+            (xt, "transposed"),
+            (tensor(&[5], 3, dtype), "vector"),
+        ] {
+            let got = linear(&x, &w).unwrap();
+            let mut shape = x.dims().to_vec();
+            *shape.last_mut().unwrap() = 7;
+            assert_eq!(got.dims(), shape.as_slice(), "{name}");
+            let flat = x.reshape(((), 5)).unwrap();
+            let want = reference(&flat, &w.t().unwrap());
+            assert_close(&got, &want, &format!("linear {name} {dtype:?}"));
+        }
+    }
+    // Gradients of both operands against candle's own matmul.
+    let x = Var::from_tensor(&tensor(&[2, 3, 5], 4, DType::F64)).unwrap();
+    let w = Var::from_tensor(&tensor(&[7, 5], 5, DType::F64)).unwrap();
+    let g = tensor(&[2, 3, 7], 6, DType::F64);
+    let ours = (linear(x.as_tensor(), w.as_tensor()).unwrap() * &g)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let theirs = (x
+        .as_tensor()
+        .broadcast_matmul(&w.as_tensor().t().unwrap())
+        .unwrap()
+        * &g)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for v in [&x, &w] {
+        let want: Vec<f64> = theirs
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_close(
+            ours.get(v.as_tensor()).unwrap(),
+            &want,
+            "linear gradient F64",
+        );
+    }
+}

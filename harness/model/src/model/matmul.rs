@@ -47,15 +47,150 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// `x · wᵀ` for a weight `w: [out, in]` and any `x: [.., in]`, run as one `[tokens, in]`
-/// product.
+/// product and recorded as one graph node (reshapes around a matmul would each add a
+/// gradient accumulation to the backward pass). `w` gets a gradient only when it is in a graph.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let dims = x.dims();
     let (out, inp) = w.dims2()?;
-    let flat = x.reshape(((), inp))?;
-    let y = matmul(&flat, &w.t()?)?;
+    let dims = x.dims();
+    if dims.last() != Some(&inp) {
+        return Err(candle_core::Error::ShapeMismatchBinaryOp {
+            lhs: x.shape().clone(),
+            rhs: w.shape().clone(),
+            op: "linear",
+        }
+        .bt());
+    }
     let mut shape = dims.to_vec();
-    *shape.last_mut().expect("reshape checked the rank") = out;
-    y.reshape(shape)
+    *shape.last_mut().expect("checked above") = out;
+    if x.elem_count() == 0 || w.elem_count() == 0 {
+        return Tensor::zeros(shape, x.dtype(), x.device());
+    }
+    let x = if rows_view(x.layout()).is_some() {
+        x.clone()
+    } else {
+        x.contiguous()?
+    };
+    let w = if Batched::of(w.layout()).is_some() {
+        w.clone()
+    } else {
+        w.contiguous()?
+    };
+    x.apply_op2_arc(&w, Arc::new(Box::new(Linear)))
+}
+
+/// `[.., in]` seen as one `[rows, in]` matrix, when the leading dimensions nest into one stride
+/// and the matrix is row- or column-major.
+fn rows_view(layout: &Layout) -> Option<Batched> {
+    let (dims, strides) = (layout.dims(), layout.stride());
+    let (&cols, leading) = dims.split_last()?;
+    let col = strides[dims.len() - 1];
+    let rows: usize = leading.iter().product();
+    let mut row = None;
+    let mut expected = None;
+    for (&d, &s) in leading.iter().zip(strides).rev() {
+        if d == 1 {
+            continue;
+        }
+        match expected {
+            None => row = Some(s),
+            Some(e) if e == s => {}
+            Some(_) => return None,
+        }
+        expected = Some(s * d);
+    }
+    let view = Layout::new(
+        Shape::from((rows, cols)),
+        vec![row.unwrap_or(cols), col],
+        layout.start_offset(),
+    );
+    Batched::of(&view)
+}
+
+/// The op behind [`linear`]: `[.., in] × [out, in]ᵀ`.
+struct Linear;
+
+impl Linear {
+    fn shapes(&self, l1: &Layout, l2: &Layout) -> Result<(Batched, Batched, Shape)> {
+        let (Some(x), Some(w)) = (rows_view(l1), Batched::of(&l2.transpose(0, 1)?)) else {
+            candle_core::bail!("linear: operand layouts {l1:?} and {l2:?} were not prepared");
+        };
+        let mut out = l1.dims().to_vec();
+        *out.last_mut().expect("rank checked") = w.cols;
+        Ok((x, w, Shape::from(out)))
+    }
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, shape) = self.shapes(l1, l2)?;
+        Ok((cpu_product(s1, s2, &x, &w)?, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (x, w, shape) = self.shapes(l1, l2)?;
+        let storage = s1.matmul(s2, (1, x.rows, w.cols, x.cols), &x.layout(), &w.layout())?;
+        Ok((storage, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // Computed from detached operands: gradients are plain values holding no graph.
+        let (out, inp) = w.dims2()?;
+        let g = grad.detach().reshape(((), out))?;
+        let gx = if x.track_op() {
+            Some(matmul(&g, &w.detach())?.reshape(x.shape())?)
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            let flat = x.detach().reshape(((), inp))?;
+            Some(matmul(&g.t()?, &flat)?)
+        } else {
+            None
+        };
+        Ok((gx, gw))
+    }
+}
+
+/// A `[.., m, k] × [.., k, n]` product of prepared operands on the CPU: BLAS when loaded and
+/// the dtype is float32/float64, candle's matmul otherwise.
+fn cpu_product(s1: &CpuStorage, s2: &CpuStorage, a: &Batched, b: &Batched) -> Result<CpuStorage> {
+    Ok(match (Blas::global(), s1, s2) {
+        (Some(blas), CpuStorage::F32(x), CpuStorage::F32(y)) => {
+            CpuStorage::F32(blas_matmul(blas, x, y, (a, b))?)
+        }
+        (Some(blas), CpuStorage::F64(x), CpuStorage::F64(y)) => {
+            CpuStorage::F64(blas_matmul(blas, x, y, (a, b))?)
+        }
+        _ => s1.matmul(
+            s2,
+            (a.batch, a.rows, b.cols, a.cols),
+            &a.layout(),
+            &b.layout(),
+        )?,
+    })
 }
 
 /// An operand seen as `[batch, rows, cols]`: batch `i` starts at `start + i·skip`.
@@ -193,21 +328,7 @@ impl CustomOp2 for MatMul {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (a, b, shape) = self.shapes(l1, l2)?;
-        let storage = match (Blas::global(), s1, s2) {
-            (Some(blas), CpuStorage::F32(x), CpuStorage::F32(y)) => {
-                CpuStorage::F32(blas_matmul(blas, x, y, (&a, &b))?)
-            }
-            (Some(blas), CpuStorage::F64(x), CpuStorage::F64(y)) => {
-                CpuStorage::F64(blas_matmul(blas, x, y, (&a, &b))?)
-            }
-            _ => s1.matmul(
-                s2,
-                (a.batch, a.rows, b.cols, a.cols),
-                &a.layout(),
-                &b.layout(),
-            )?,
-        };
-        Ok((storage, shape))
+        Ok((cpu_product(s1, s2, &a, &b)?, shape))
     }
 
     #[cfg(feature = "cuda")]

@@ -91,6 +91,35 @@ impl MoeLora {
     }
 }
 
+impl MoeLora {
+    /// `Σᵢ gᵢ(x)·s·Bᵢ·Aᵢ·input` and the routing weights `g(x)`, `[.., E]`; `input` is `x`
+    /// after the experts' dropout.
+    fn forward(&self, x: &Tensor, input: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dims = input.dims().to_vec();
+        let width = dims[dims.len() - 1];
+        let flat = input.reshape(((), width))?;
+        let gates = self.route(&x.reshape(((), width))?)?;
+        let (e, r) = (self.experts(), self.rank()?);
+        // The experts stacked: [E·r, in] down, then each expert's r columns weighted by its
+        // gate, then [out, E·r] up — Σᵢ gᵢ·s·Bᵢ·Aᵢ·x in two matmuls.
+        let down = matmul(&flat, &Tensor::cat(&self.a, 0)?.t()?)?;
+        let n = down.dim(0)?;
+        let weights = gates
+            .unsqueeze(2)?
+            .broadcast_as((n, e, r))?
+            .reshape((n, e * r))?;
+        let up = matmul(
+            &(down * weights)?,
+            &(Tensor::cat(&self.b, 1)? * self.scale)?.t()?,
+        )?;
+        let mut out_shape = dims.clone();
+        *out_shape.last_mut().expect("at least one dim") = self.b[0].dim(0)?;
+        let mut route_shape = dims;
+        *route_shape.last_mut().expect("at least one dim") = e;
+        Ok((up.reshape(out_shape)?, gates.reshape(route_shape)?))
+    }
+}
+
 /// The precision of a router's softmax: float32, or float64 for a float64 model.
 fn softmax_dtype(dtype: DType) -> DType {
     if dtype == DType::F64 {
@@ -230,41 +259,19 @@ impl Projection {
             Some(key) if adapter.dropout() > 0.0 => self.dropout(x, adapter.dropout(), key)?,
             _ => x.clone(),
         };
-        let dims = input.dims().to_vec();
-        let flat = input.flatten_to(dims.len() - 2)?;
-        let flat = flat.reshape(((), dims[dims.len() - 1]))?;
-        let (up, out, routes) = match adapter {
+        match adapter {
             Adapter::Lora(lora) => {
-                let down = matmul(&flat, &lora.a.t()?)?;
-                // Scaling the small B rather than the [tokens, out] product keeps one activation
-                // less.
-                let up = matmul(&down, &(&lora.b * lora.scale)?.t()?)?;
-                (up, lora.b.dim(0)?, None)
+                // Scaling the small B rather than the [tokens, out] product keeps one
+                // activation less.
+                let down = linear(&input, &lora.a)?;
+                let up = linear(&down, &(&lora.b * lora.scale)?)?;
+                Ok(((base + up)?, None))
             }
             Adapter::Moe(moe) => {
-                let gates = moe.route(&x.reshape(((), dims[dims.len() - 1]))?)?;
-                let (e, r) = (moe.experts(), moe.rank()?);
-                // The experts stacked: [E·r, in] down, then each expert's r columns weighted by
-                // its gate, then [out, E·r] up — Σᵢ gᵢ·s·Bᵢ·Aᵢ·x in two matmuls.
-                let down = matmul(&flat, &Tensor::cat(&moe.a, 0)?.t()?)?;
-                let n = down.dim(0)?;
-                let weights = gates
-                    .unsqueeze(2)?
-                    .broadcast_as((n, e, r))?
-                    .reshape((n, e * r))?;
-                let up = matmul(
-                    &(down * weights)?,
-                    &(Tensor::cat(&moe.b, 1)? * moe.scale)?.t()?,
-                )?;
-                let mut route_shape = dims.clone();
-                *route_shape.last_mut().expect("at least two dims") = e;
-                (up, moe.b[0].dim(0)?, Some(gates.reshape(route_shape)?))
+                let (up, routes) = moe.forward(x, &input)?;
+                Ok(((base + up)?, Some(routes)))
             }
-        };
-        let mut out_shape = dims;
-        let last = out_shape.len() - 1;
-        out_shape[last] = out;
-        Ok(((base + up.reshape(out_shape)?)?, routes))
+        }
     }
 
     /// Inverted dropout (survivors scaled by 1/(1-p)), as `torch.nn.Dropout` in training mode.
