@@ -254,7 +254,8 @@ impl Blas {
         // multiple of the threads, unless the work is too small to share.
         let threads = rayon::current_num_threads().max(1);
         let work = products.len() * m * n * k.max(1);
-        let pieces = if threads == 1 || work < MIN_PARALLEL_WORK {
+        let shared = threads > 1 && work >= MIN_PARALLEL_WORK;
+        let pieces = if !shared {
             1
         } else {
             threads / gcd(products.len(), threads)
@@ -294,8 +295,9 @@ impl Blas {
                 )
             }
         };
-        if tasks.len() == 1 {
-            run(&tasks[0]);
+        if !shared {
+            // One thread, or too little work to be worth waking another.
+            tasks.iter().for_each(run);
         } else {
             tasks.par_iter().for_each(run);
         }
