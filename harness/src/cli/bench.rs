@@ -2,8 +2,11 @@
 //!
 //! The workload is built in, so numbers from different machines compare: `questions` four-choice
 //! questions after one shared five-shot preamble (each question's four continuations are
-//! ` A`..` D`), and `generations` greedy continuations of `new_tokens` tokens.
+//! ` A`..` D`), and `generations` greedy continuations of `new_tokens` tokens — or, with
+//! `--prompts`, greedy generation from a JSONL file of requests (results/bench/generate.sh uses
+//! GSM8K prompts).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -27,6 +30,14 @@ pub struct BenchArgs {
     /// Tokens generated per prompt.
     #[arg(long, default_value_t = 32)]
     new_tokens: usize,
+    /// Generate from these requests instead of the built-in prompts (--generations and
+    /// --new-tokens then do not apply): JSONL, one `{"context": …, "until": […],
+    /// "max_new_tokens": N}` per line. The report lists every generation's token ids.
+    #[arg(long, value_name = "JSONL")]
+    prompts: Option<PathBuf>,
+    /// Measure generation only (skip both loglikelihood runs).
+    #[arg(long)]
+    no_loglikelihood: bool,
 }
 
 const FACTS: [(&str, [&str; 4], usize); 8] = [
@@ -136,14 +147,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let base = args.model.engine_options();
     let requests = workload(args.questions);
     let mut runs = Vec::new();
+    let loglikelihood_runs = if args.no_loglikelihood {
+        Vec::new()
+    } else {
+        vec![
+            (
+                "loglikelihood, prefix reuse",
+                base.prefix_cache_entries.max(1),
+            ),
+            ("loglikelihood, no reuse", 0),
+        ]
+    };
 
-    for (name, entries) in [
-        (
-            "loglikelihood, prefix reuse",
-            base.prefix_cache_entries.max(1),
-        ),
-        ("loglikelihood, no reuse", 0),
-    ] {
+    for (name, entries) in loglikelihood_runs {
         let mut engine = Engine::new(
             model.clone(),
             EngineOptions {
@@ -163,13 +179,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         runs.push(r);
     }
 
-    let prompts: Vec<GenerateRequest> = (0..args.generations)
-        .map(|i| GenerateRequest {
-            context: format!("Q: {}\nA:", FACTS[i % FACTS.len()].0),
-            until: Vec::new(),
-            max_new_tokens: args.new_tokens,
-        })
-        .collect();
+    let prompts: Vec<GenerateRequest> = match &args.prompts {
+        Some(path) => super::debug::read_requests(
+            path,
+            "{\"context\": …, \"until\": […], \"max_new_tokens\": N}",
+        )?,
+        None => (0..args.generations)
+            .map(|i| GenerateRequest {
+                context: format!("Q: {}\nA:", FACTS[i % FACTS.len()].0),
+                until: Vec::new(),
+                max_new_tokens: args.new_tokens,
+            })
+            .collect(),
+    };
     let mut engine = Engine::new(model, base.clone());
     let (generations, seconds) = timed(|| Ok(engine.generate_until(&prompts)?))?;
     let generated: usize = generations.iter().map(|g| g.ids.len()).sum();
@@ -181,6 +203,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut r = report("greedy generation", engine.stats(), seconds);
     r["tokens_generated"] = json!(generated);
     r["generated_tokens_per_second"] = json!(generated as f64 / seconds);
+    if args.prompts.is_some() {
+        r["generations"] = json!(generations.iter().map(|g| &g.ids).collect::<Vec<_>>());
+    }
     runs.push(r);
 
     println!(

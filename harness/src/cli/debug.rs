@@ -41,8 +41,11 @@ pub struct LoglikelihoodArgs {
     requests: PathBuf,
 }
 
-/// Reads JSONL requests; an error names the file and the line.
-fn read_requests(path: &PathBuf) -> Result<Vec<LoglikelihoodRequest>> {
+/// Reads JSONL requests; an error names the file and the line. `shape` describes one line.
+pub(super) fn read_requests<T: serde::de::DeserializeOwned>(
+    path: &PathBuf,
+    shape: &str,
+) -> Result<Vec<T>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut out = Vec::new();
@@ -51,13 +54,8 @@ fn read_requests(path: &PathBuf) -> Result<Vec<LoglikelihoodRequest>> {
         if line.trim().is_empty() {
             continue;
         }
-        let request: LoglikelihoodRequest = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{}:{}: expected {{\"context\": …, \"continuation\": …}}",
-                path.display(),
-                n + 1
-            )
-        })?;
+        let request: T = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: expected {shape}", path.display(), n + 1))?;
         out.push(request);
     }
     if out.is_empty() {
@@ -67,7 +65,8 @@ fn read_requests(path: &PathBuf) -> Result<Vec<LoglikelihoodRequest>> {
 }
 
 pub fn loglikelihood(args: LoglikelihoodArgs) -> Result<()> {
-    let requests = read_requests(&args.requests)?;
+    let requests: Vec<LoglikelihoodRequest> =
+        read_requests(&args.requests, "{\"context\": …, \"continuation\": …}")?;
     let models = args.model.load()?;
     let mut engine = Engine::new(models.ensemble()?, args.model.engine_options());
     let results = engine.loglikelihood(&requests)?;
