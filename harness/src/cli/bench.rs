@@ -203,6 +203,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut r = report("greedy generation", engine.stats(), seconds);
     r["tokens_generated"] = json!(generated);
     r["generated_tokens_per_second"] = json!(generated as f64 / seconds);
+    r["decode_steps"] = json!(engine.stats().decode_steps);
     if args.prompts.is_some() {
         r["generations"] = json!(generations.iter().map(|g| &g.ids).collect::<Vec<_>>());
     }

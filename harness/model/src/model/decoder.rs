@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::{Activation, ModelConfig, NormStyle, RopeSpec};
+use super::gemv;
 use super::kernels::{self, masked_softmax};
 use super::kv_cache::KvCache;
 use super::projection::{frozen_matmul, DropoutKey, Projection};
@@ -638,6 +639,8 @@ impl Decoder {
         let logits = if h.track_op() && !self.lm_head.is_variable() {
             // Training: no gradient for the frozen output head.
             frozen_matmul(&h, &self.lm_head)?
+        } else if gemv::applies(&h, &self.lm_head) {
+            gemv::row_times_weight_t(&h, &self.lm_head)?
         } else {
             h.matmul(&self.lm_head.t()?)?
         };

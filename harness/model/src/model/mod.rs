@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod decoder;
+mod gemv;
 pub mod kernels;
 pub mod kv_cache;
 pub mod projection;

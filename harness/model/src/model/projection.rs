@@ -21,6 +21,8 @@ use candle_nn::{Linear, VarBuilder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::gemv;
+
 /// A LoRA adapter on one linear layer.
 #[derive(Debug, Clone)]
 pub struct Lora {
@@ -225,6 +227,13 @@ impl Projection {
             // Training: gradients flow through x but the weight is frozen, so skip the weight
             // gradient candle's matmul backward would compute and throw away.
             let y = frozen_matmul(x, self.weight())?;
+            match self.bias() {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
+        } else if gemv::applies(x, self.weight()) {
+            // Decoding one sequence: the product split across threads (same values).
+            let y = gemv::row_times_weight_t(x, self.weight())?;
             match self.bias() {
                 Some(b) => y.broadcast_add(b)?,
                 None => y,
