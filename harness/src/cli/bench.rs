@@ -15,7 +15,7 @@ use serde_json::json;
 
 use dtm_harness::engine::{Engine, EngineOptions, GenerateRequest, LoglikelihoodRequest, Stats};
 
-use super::ModelArgs;
+use super::{models, ModelArgs};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -192,7 +192,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             })
             .collect(),
     };
-    let mut engine = Engine::new(model, base.clone());
+    let mut engine = Engine::new(model.clone(), base.clone());
     let (generations, seconds) = timed(|| Ok(engine.generate_until(&prompts)?))?;
     let generated: usize = generations.iter().map(|g| g.ids.len()).sum();
     eprintln!(
@@ -209,10 +209,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     runs.push(r);
 
+    let quantized_error = if args.model.quantized {
+        Some(quantized_error(&args, &model, &prompts)?)
+    } else {
+        None
+    };
+
     println!(
         "{}",
         serde_json::to_string_pretty(&json!({
             "model": models.describe(),
+            "compute": if args.model.quantized { models::QUANTIZED_COMPUTE } else { "float" },
+            "quantized_logprob_error": quantized_error,
             "dtype": format!("{:?}", args.model.dtype),
             "batch_size": base.batch_size,
             "threads": rayon::current_num_threads(),
@@ -221,3 +229,52 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// How far quantized compute moves the log-probabilities where it applies, in decoding: every
+/// generation prompt run as a prompt up to its last `QUANTIZED_ERROR_TOKENS` tokens, which are
+/// then fed one at a time (as greedy decoding feeds its tokens) to the quantized model and to
+/// the float one; each next token's log-probability is compared.
+fn quantized_error(
+    args: &BenchArgs,
+    quantized: &dtm_harness::engine::Ensemble,
+    prompts: &[GenerateRequest],
+) -> Result<serde_json::Value> {
+    let float_models = args.model.load_as(false)?;
+    let float = float_models.ensemble()?;
+    let options = args.model.engine_options();
+    let mut q_engine = Engine::new(quantized.clone(), options.clone());
+    let mut f_engine = Engine::new(float, options);
+    let tokenizer = quantized.tokenizer();
+    let mut diffs = Vec::new();
+    for p in prompts {
+        let ids = tokenizer.encode_document(&p.context)?;
+        let start = ids.len().saturating_sub(QUANTIZED_ERROR_TOKENS + 1);
+        let q = q_engine.decode_logprobs(&ids, start)?;
+        let f = f_engine.decode_logprobs(&ids, start)?;
+        diffs.extend(q.iter().zip(&f).map(|(a, b)| (a - b).abs()));
+    }
+    let n = diffs.len().max(1) as f64;
+    let max = diffs.iter().copied().fold(0.0, f64::max);
+    let mean = diffs.iter().sum::<f64>() / n;
+    let mut sorted = diffs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let p99 = sorted
+        .get(((sorted.len() as f64 * 0.99) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0);
+    eprintln!(
+        "{:32} max |Δ log p| {max:.4}, p99 {p99:.4}, mean {mean:.4} over {} decoding steps",
+        "quantized vs float log-probs",
+        diffs.len(),
+    );
+    Ok(json!({
+        "what": "next-token log-probabilities of each prompt's last tokens fed one per forward pass (as decoding runs), quantized minus float",
+        "tokens": diffs.len(),
+        "max_abs": max,
+        "p99_abs": p99,
+        "mean_abs": mean,
+    }))
+}
+
+/// Tokens per prompt fed one at a time for [`quantized_error`].
+const QUANTIZED_ERROR_TOKENS: usize = 96;

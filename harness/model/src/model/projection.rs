@@ -22,6 +22,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::gemv;
+use super::quantized::{self, QuantizedWeight};
 
 /// A LoRA adapter on one linear layer.
 #[derive(Debug, Clone)]
@@ -144,6 +145,9 @@ pub fn splitmix(mut z: u64) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Projection {
     linear: Linear,
+    /// The frozen weight in a quantized type, when the model runs quantized: inference on a few
+    /// rows multiplies by it instead of by `linear`'s float weight (see [`quantized`]).
+    quantized: Option<QuantizedWeight>,
     adapter: Option<Adapter>,
     /// Unique within the decoder; selects this layer's dropout stream.
     index: u64,
@@ -159,6 +163,7 @@ impl Projection {
     ) -> Result<Self> {
         Ok(Self {
             linear: candle_nn::linear_b(in_dim, out_dim, bias, vb)?,
+            quantized: None,
             adapter: None,
             index,
         })
@@ -201,9 +206,21 @@ impl Projection {
         self.adapter = adapter;
     }
 
-    /// Replaces the frozen weight (e.g. by a `Var` whose gradient the Fisher needs).
+    /// Replaces the frozen weight (e.g. by a `Var` whose gradient the Fisher needs); a quantized
+    /// copy of the old weight is dropped.
     pub fn set_weight(&mut self, weight: Tensor) {
         self.linear = Linear::new(weight, self.linear.bias().cloned());
+        self.quantized = None;
+    }
+
+    /// Runs inference on this quantized copy of the frozen weight (`[out, in]`, see
+    /// [`crate::model::Decoder::use_quantized`]); `None` goes back to the float weight.
+    pub fn set_quantized(&mut self, weight: Option<QuantizedWeight>) {
+        self.quantized = weight;
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        self.quantized.is_some()
     }
 
     /// `(in, out)` features.
@@ -227,6 +244,12 @@ impl Projection {
             // Training: gradients flow through x but the weight is frozen, so skip the weight
             // gradient candle's matmul backward would compute and throw away.
             let y = frozen_matmul(x, self.weight())?;
+            match self.bias() {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
+        } else if let Some(q) = self.quantized.as_ref().filter(|_| quantized::applies(x)) {
+            let y = q.forward(x)?;
             match self.bias() {
                 Some(b) => y.broadcast_add(b)?,
                 None => y,
