@@ -56,10 +56,10 @@ fn tiny_model_quantized_decoding_is_close_and_prompts_stay_exact() {
     assert_eq!(one_pass(&quantized), one_pass(&float));
 }
 
-/// SmolLM2-135M's own Q4_1 GGUF weights (run as Q8_0, which candle has a vectorised kernel for)
-/// against the float32 values of the same weights, on a GSM8K-style text decoded token by token.
-/// Measured on this text: max |Δ log p| 0.743, mean 0.072 over 64 tokens (the bounds leave
-/// room for other CPUs' kernels).
+/// SmolLM2-135M's own Q4_1 GGUF weights against the float32 values of the same weights, on a
+/// GSM8K-style text decoded token by token. Measured on this text: max |Δ log p| 0.427, mean
+/// 0.049 over 64 tokens (candle's scalar Q4_1 code: 0.532, 0.039; the weights re-encoded as Q8_0:
+/// 0.743, 0.072). The bounds leave room for other CPUs' summation orders.
 #[test]
 fn smollm2_gguf_quantized_decoding_stays_within_the_measured_error() {
     let path = common::smollm2_gguf();
@@ -80,11 +80,11 @@ fn smollm2_gguf_quantized_decoding_stays_within_the_measured_error() {
     let q = engine(&quantized).decode_logprobs(&ids, start).unwrap();
     let (max, mean) = error(&q, &f);
     eprintln!(
-        "SmolLM2 Q4_1 (as Q8_0) vs float32: max |Δ log p| {max:.4}, mean {mean:.4} over {} tokens",
+        "SmolLM2 Q4_1 vs float32: max |Δ log p| {max:.4}, mean {mean:.4} over {} tokens",
         q.len()
     );
     assert!(max > 0.0, "the quantized weights were used");
-    assert!(max < 1.0 && mean < 0.12, "max {max}, mean {mean}");
+    assert!(max < 0.8 && mean < 0.1, "max {max}, mean {mean}");
 
     // Greedy generation on the quantized weights still continues the text sensibly: its first
     // tokens are float32's.

@@ -84,8 +84,8 @@ pub struct ModelArgs {
     /// generation at batch sizes up to 3) multiply by them with candle's quantized matmul
     /// instead of by float copies. Faster there, not exact: log-probabilities move away from
     /// the float ones (`harness bench --quantized` measures by how much). Longer products
-    /// (prompts, scoring, bigger batches) are faster in float and stay exact. Types candle has
-    /// no vectorised kernel for (Q4_1, Q5_0, Q5_1) are re-encoded as Q8_0 at load. Every
+    /// (prompts, scoring, bigger batches) are faster in float and stay exact. Q5_0 and Q5_1,
+    /// which candle has no vectorised kernel for, are re-encoded as Q8_0 at load. Every
     /// --model must be a .gguf file. Off by default; recorded in results.json and in the resume
     /// fingerprint, so quantized and float results never mix.
     #[arg(long)]

@@ -6,6 +6,7 @@ mod gemv;
 pub mod kernels;
 pub mod kv_cache;
 pub mod projection;
+mod q4_1;
 pub mod quantized;
 
 pub use config::{Architecture, ModelConfig};
