@@ -162,6 +162,9 @@ impl KvCache {
     /// The first `n` key slots of every row (a shared prefix cut back to its common part). Shares
     /// the buffers until either cache writes.
     pub fn truncate(&self, n: usize) -> Result<Self> {
+        if n > self.len() {
+            candle_core::bail!("cannot cut a cache of {} slots to {n}", self.len());
+        }
         let layers = self
             .layers
             .iter()
@@ -182,7 +185,12 @@ impl KvCache {
 
     /// Repeats a one-row cache `batch` times, so that a shared prefix is computed once.
     pub fn repeat_row(&self, batch: usize) -> Result<Self> {
-        assert_eq!(self.batch(), 1, "only a one-row cache can be repeated");
+        if self.batch() != 1 {
+            candle_core::bail!(
+                "only a one-row cache can be repeated (this one has {} rows)",
+                self.batch()
+            );
+        }
         let layers = self
             .layers
             .iter()
@@ -211,8 +219,11 @@ impl KvCache {
     /// Stacks one-row caches of possibly different lengths into one batch, each row left-padded
     /// with invalid slots: rows that continue different prefixes can then run together.
     pub fn stack_rows(rows: &[KvCache]) -> Result<Self> {
-        for r in rows {
-            assert_eq!(r.batch(), 1, "only one-row caches can be stacked");
+        if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.batch() != 1) {
+            candle_core::bail!(
+                "only one-row caches can be stacked (cache {i} has {} rows)",
+                r.batch()
+            );
         }
         let parts: Vec<(&KvCache, usize)> = rows.iter().map(|r| (r, 0)).collect();
         Self::gather_rows(&parts, 0)
@@ -223,6 +234,12 @@ impl KvCache {
     /// `spare` free slots. This is how a running batch lets finished rows go and new ones in.
     pub fn gather_rows(parts: &[(&KvCache, usize)], spare: usize) -> Result<Self> {
         let num_layers = parts.first().map_or(0, |(c, _)| c.layers.len());
+        if parts.iter().any(|(c, _)| c.layers.len() != num_layers) {
+            candle_core::bail!("caches of models with different layer counts cannot be stacked");
+        }
+        if let Some((c, r)) = parts.iter().find(|(c, r)| *r >= c.batch()) {
+            candle_core::bail!("row {r} selected from a cache of {} rows", c.batch());
+        }
         // Per part: the slots it keeps.
         let kept: Vec<Vec<usize>> = parts
             .iter()
@@ -314,6 +331,9 @@ impl KvCache {
     /// Keeps only the given rows (finished generations leave the batch); the room kept for new
     /// slots stays.
     pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        if let Some(&r) = rows.iter().find(|&&r| r >= self.batch()) {
+            candle_core::bail!("row {r} selected from a cache of {} rows", self.batch());
+        }
         let layers = self
             .layers
             .iter()
@@ -516,6 +536,25 @@ mod tests {
         );
         assert_eq!(gathered.room(), 5);
         assert_eq!(gathered.next_positions(), vec![9, 5, 3]);
+    }
+
+    #[test]
+    fn misuse_is_an_error_not_a_panic() {
+        let mut two = KvCache::new(1, 2);
+        put(&mut two, keys(2, 1, 0.0));
+        let e = two.repeat_row(3).unwrap_err().to_string();
+        assert!(e.contains("one-row cache"), "{e}");
+        let e = KvCache::stack_rows(std::slice::from_ref(&two))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache 0 has 2 rows"), "{e}");
+        let e = two.select_rows(&[2]).unwrap_err().to_string();
+        assert!(e.contains("row 2"), "{e}");
+        let e = KvCache::gather_rows(&[(&two, 5)], 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 5"), "{e}");
+        assert!(two.truncate(5).is_err());
     }
 
     #[test]
