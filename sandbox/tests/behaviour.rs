@@ -98,6 +98,58 @@ fn no_state_leaks_between_runs() {
     assert_eq!(o.stdout, "False False False\n");
 }
 
+/// Every run starts from the same pre-initialised interpreter snapshot, and what a program does
+/// to that interpreter (preloaded modules, interpreter settings, the import system, the
+/// environment, the garbage collector) is gone for the next one.
+#[test]
+fn the_snapshot_is_never_written_back() {
+    let vandal = "import sys, os, math, json, typing, functools, gc, builtins\n\
+                  math.pi = 3\njson.dumps = lambda *a, **k: 'forged'\ntyping.List = None\n\
+                  builtins.len = lambda x: -1\nsys.setrecursionlimit(60)\nsys.path.insert(0, '/evil')\n\
+                  os.environ['LEAK'] = '1'\nsys.modules['collections'] = None\nsys.meta_path.clear()\n\
+                  gc.unfreeze()\nsys.argv.append('leak')\nprint('vandalised')";
+    let o = run(vandal);
+    expect(&o, Status::Passed);
+    assert_eq!(o.stdout, "vandalised\n");
+    let o = run(
+        "import sys, os, math, json, typing, gc\nimport collections, csv\n\
+         print(math.pi, json.dumps([1]), typing.List is not None, len('ab'), sys.getrecursionlimit())\n\
+         print('/evil' in sys.path, dict(os.environ), collections.Counter('aab')['a'], sys.argv, gc.get_freeze_count() > 0)",
+    );
+    expect(&o, Status::Passed);
+    assert_eq!(
+        o.stdout,
+        "3.141592653589793 [1] True 2 1000\nFalse {} 2 ['-c'] True\n"
+    );
+}
+
+/// The interpreter is pre-initialised: the common modules are already imported when the
+/// program starts, the rest of the standard library is imported on demand (with its import-time
+/// behaviour, e.g. `this` printing the Zen), and there is nothing else to import.
+#[test]
+fn standard_library_is_preloaded_or_imported_on_demand() {
+    let o = run(
+        "import sys\nprint('typing' in sys.modules, 'heapq' in sys.modules, 'csv' in sys.modules)\n\
+         import csv, difflib, xml.etree.ElementTree as ET, email.mime.text, zoneinfo\n\
+         print('csv' in sys.modules, ET.fromstring('<a><b/></a>')[0].tag, difflib.SequenceMatcher(None, 'ab', 'ac').ratio())",
+    );
+    expect(&o, Status::Passed);
+    assert_eq!(o.stdout, "True True False\nTrue b 0.5\n");
+    let o = run("import this");
+    expect(&o, Status::Passed);
+    assert!(
+        o.stdout.starts_with("The Zen of Python, by Tim Peters"),
+        "{o:#?}"
+    );
+    let o = run("import numpy");
+    expect(&o, Status::Failed);
+    assert_eq!(
+        o.error_type.as_deref(),
+        Some("ModuleNotFoundError"),
+        "{o:#?}"
+    );
+}
+
 #[test]
 fn stdout_cap_marks_truncation() {
     let limits = Limits {
@@ -181,22 +233,22 @@ fn missing_interpreter_is_a_clear_error() {
 }
 
 #[test]
-fn unpinned_interpreter_is_refused() {
-    let dir = std::env::temp_dir().join(format!("dtm-sandbox-unpinned-{}", std::process::id()));
+fn a_file_that_is_not_a_guest_component_is_refused() {
+    let dir = std::env::temp_dir().join(format!("dtm-sandbox-not-a-guest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // A valid, empty core module: WebAssembly, but not a component exporting `wasi:cli/run`.
     let fake = dir.join("python.wasm");
     std::fs::write(&fake, b"\0asm\x01\0\0\0").unwrap();
     let err = Sandbox::new(SandboxConfig {
         python_wasm: Some(fake.clone()),
         cache_dir: Some(dir.clone()),
-        ..SandboxConfig::default()
     })
     .err()
     .expect("must fail");
-    assert!(
-        matches!(err, SandboxError::WasmHashMismatch { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, SandboxError::NotAGuest { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&fake.display().to_string()), "{msg}");
+    assert!(msg.contains("scripts/fetch-python-wasm.sh"), "{msg}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -209,7 +261,9 @@ fn compiled_module_is_cached() {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| {
-            n.starts_with("python-3.12.0-e5dc5a398b07b54e-wasmtime48-") && n.ends_with(".cwasm")
+            n.starts_with("dtm-python-guest-")
+                && n.contains("-wasmtime48-")
+                && n.ends_with(".cwasm")
         })
         .collect();
     // Only when the wasm lives in the cache dir (the default set-up) is the artefact next

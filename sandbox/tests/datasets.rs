@@ -77,10 +77,10 @@ const MBPP_NATIVE_FAILURES: &[(u64, &str)] = &[(
 )];
 
 /// MBPP test-split items that pass, but need far more than the usual time limit. They are
-/// re-run with [`SLOW_LIMIT`] and must pass then. See sandbox/README.md.
+/// re-run with [`SLOW_LIMIT`] when they time out, and must pass then. See sandbox/README.md.
 const MBPP_SLOW: &[(u64, &str)] = &[(
     123,
-    "amicable_numbers_sum(9999) is O(n^2) trial division: ~5 s in native CPython, ~40 s here",
+    "amicable_numbers_sum(9999) is O(n^2) trial division: ~2 s of CPU in native CPython 3.11, ~5 s here",
 )];
 const SLOW_LIMIT: Duration = Duration::from_secs(120);
 
@@ -96,8 +96,14 @@ fn mbpp_reference_solutions_pass() {
     for ((id, program), o) in items.iter().zip(&outcomes) {
         let known = MBPP_NATIVE_FAILURES.iter().any(|(k, _)| k == id);
         if MBPP_SLOW.iter().any(|(k, _)| k == id) {
-            assert_eq!(o.status, Status::TimedOut, "{id} is listed as slow: {o:#?}");
-            slow.push((*id, program.as_str()));
+            // Within the limit on an idle machine, past it on a loaded one.
+            assert!(
+                matches!(o.status, Status::Passed | Status::TimedOut),
+                "{id} is listed as slow: {o:#?}"
+            );
+            if o.status == Status::TimedOut {
+                slow.push((*id, program.as_str()));
+            }
             continue;
         }
         match (o.status == Status::Passed, known) {
@@ -116,7 +122,6 @@ fn mbpp_reference_solutions_pass() {
         unexpected.join("\n")
     );
     assert_eq!(expected_failures.len(), MBPP_NATIVE_FAILURES.len());
-    assert_eq!(slow.len(), MBPP_SLOW.len());
     let long = Limits {
         timeout: SLOW_LIMIT,
         ..limits()
