@@ -184,13 +184,18 @@ r = json.load(open(out + "/results.json"))
 tasks = r["tasks"]
 phase = sum(float(t["wall_seconds"]) for t in tasks.values())
 computed = sum(t["tokens"]["forwarded"] + t["tokens"]["padding"] for t in tasks.values())
-# Each item's choice: the continuation with the highest log-likelihood (acc).
-predictions = {}
+# Each item's choice: the continuation with the highest log-likelihood (acc), keyed like lm-eval's
+# doc ids: the item's position within its subtask (the harness numbers MMLU's items across
+# subjects: anatomy's first item is doc 100).
+by_subtask = {}
 for line in open(out + "/samples.jsonl"):
     if line.strip():
         s = json.loads(line)
         lp = [r["logprob"] for r in s["responses"]]
-        predictions.setdefault(s["subtask"].split(":")[-1], {})[str(s["doc_id"])] = max(range(len(lp)), key=lp.__getitem__)
+        by_subtask.setdefault(s["subtask"].split(":")[-1], {})[s["doc_id"]] = max(range(len(lp)), key=lp.__getitem__)
+predictions = {
+    sub: {str(i): docs[d] for i, d in enumerate(sorted(docs))} for sub, docs in by_subtask.items()
+}
 print(json.dumps({
     "wall": wall,
     "phase": phase,

@@ -224,7 +224,8 @@ pub struct Outcome {
     pub stdout_truncated: bool,
     /// `stderr` holds less than the program wrote.
     pub stderr_truncated: bool,
-    /// The guest's exit status, when it exited (not for time-outs or traps).
+    /// The guest's exit status, when it exited (not for time-outs or traps): 0 or 1, since
+    /// WASI 0.2's `exit` carries success or failure only (`os._exit(3)` reads 1).
     pub exit_code: Option<i32>,
     /// Exception type name (`"AssertionError"`, `"SystemExit"`, ...), or a host-side label
     /// (`"EarlyExit"`, `"Exit"`, `"Trap"`, `"TimedOut"`, `"HostError"`). `None` on a pass.
