@@ -938,6 +938,46 @@ fn fisher_files_weight_each_entry_and_must_match_the_model() {
     let err = with_fisher([&f1, &wrong], &dir.path().join("out2")).unwrap_err();
     let text = err.to_string();
     assert!(text.contains(L0) && text.contains("Fisher"), "{text}");
+
+    // Fisher files of the adapted matrices only (what `trainer fisher` writes): a tensor no file
+    // covers is the weights' mean; one covered by some files but not all is refused, naming the
+    // file that lacks it; a Fisher tensor the models lack is refused.
+    let (p1, p2) = (dir.path().join("p1"), dir.path().join("p2"));
+    write_model(&p1, &[(L0, &[2, 2], &[1.0, 0.0, 1.0, 1.0])], DType::F32);
+    write_model(&p2, &[(L0, &[2, 2], &[3.0, 0.0, 1.0, 0.0])], DType::F32);
+    let partial = dir.path().join("partial");
+    let report = with_fisher([&p1, &p2], &partial).unwrap();
+    assert_eq!(report.without_fisher, 2);
+    let got = read_model(&partial);
+    close(&got[L0].1, &[0.5, 2.0, 4.0, 4e-6 / (1.0 + 1e-6)], 1e-6);
+    let (a, b) = (read_model(&m1), read_model(&m2));
+    for name in [L1, NORM] {
+        let mean: Vec<f32> = a[name]
+            .1
+            .iter()
+            .zip(&b[name].1)
+            .map(|(x, y)| (x + y) / 2.0)
+            .collect();
+        close(&got[name].1, &mean, 1e-6);
+    }
+    let err = with_fisher([&f1, &p2], &dir.path().join("out3")).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(L1) && text.contains("p2"), "{text}");
+    let extra = dir.path().join("extra");
+    write_model(
+        &extra,
+        &[
+            (L0, &[2, 2], &[1.0; 4]),
+            ("model.other.weight", &[2], &[1.0; 2]),
+        ],
+        DType::F32,
+    );
+    let err = with_fisher([&extra, &extra], &dir.path().join("out4")).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("model.other.weight") && text.contains("not in the models"),
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------- the binary and mergekit
