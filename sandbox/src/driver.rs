@@ -1,95 +1,37 @@
-//! The Python driver that wraps every program, and the host side of its completion record.
+//! The driver protocol between the host and the guest (`sandbox/guest/dtm_guest.py`), and
+//! the host side of its completion record.
 //!
-//! The guest is always started as `python -I -B -c DRIVER` (fixed argv). Everything that
-//! varies per run arrives on stdin: one line holding a fresh random nonce, then the program
-//! source. The driver reads stdin to the end (so the program itself sees an empty stdin),
-//! compiles and `exec`s the program in a fresh `__main__` module, and only if that returns
-//! normally writes the record `"\n" MARK nonce ":ok:" ...` straight to fd 1 and exits 0.
-//! Any exception — `SystemExit` from `sys.exit(0)`/`exit()` included — is printed as a
-//! traceback on stderr and reported as `":err:" type ":" message` with exit status 1.
-//! `os._exit(...)` from the program skips the record altogether.
+//! The guest is a pre-initialised interpreter whose only entry point, `wasi:cli/run`, runs the
+//! driver; it gets no arguments and no environment. Everything that varies per run arrives on
+//! stdin: one line holding a fresh random nonce, then the program source. The driver reads
+//! stdin to the end (so the program itself sees an empty stdin), compiles and `exec`s the
+//! program in a fresh `__main__` module, and only if that returns normally writes the record
+//! `"\n" MARK nonce ":ok:" ...` straight to fd 1 and exits 0. Any exception — `SystemExit`
+//! from `sys.exit(0)`/`exit()` included — is printed as a traceback on stderr and reported as
+//! `":err:" type ":" message` with exit status 1. `os._exit(...)` from the program skips the
+//! record altogether.
 //!
 //! The host counts a run as passed only when the guest exited with status 0 *and* the
 //! stdout stream ends with a well-formed `ok` record carrying this run's nonce.
+//!
+//! Notes on choices made in the guest:
+//! * The nonce lives only in a closure cell of `_dtm_finish`; it is not in any module's
+//!   globals, not in the source, not in argv or the environment, and stdin is drained.
+//! * The program runs in a brand-new module object registered as `sys.modules["__main__"]`,
+//!   so `__name__ == "__main__"` blocks run and the driver's own globals are not its globals.
+//! * The record goes to fd 1 with `os.write` after flushing Python's buffers, so it comes
+//!   after everything the program printed even if `sys.stdout` was replaced.
+//! * `os._exit` ends the process without running the program's `atexit` handlers, so
+//!   nothing the program registered can run after the verdict. `os.write` and `os._exit`
+//!   are bound before the program runs, so patching the `os` module cannot change them,
+//!   and the `ok` record is only reachable from the `else` of the `try`.
 
 /// Prefix of the completion record (after a newline, before the nonce).
 const MARK: &[u8] = b"\x1edtm-done:";
 
-/// Longest exception message (in bytes of UTF-8) the driver puts into its record.
-const MAX_MESSAGE: usize = 2000;
-
-/// Python source run with `-c`. It contains no per-run data.
-///
-/// Notes on choices made here:
-/// * The nonce lives only in a closure cell of `_dtm_finish`; it is not in any module's
-///   globals, not in the source, not in argv or the environment, and stdin is drained.
-/// * The program runs in a brand-new module object registered as `sys.modules["__main__"]`,
-///   so `__name__ == "__main__"` blocks run and the driver's own globals are not its globals.
-/// * The record goes to fd 1 with `os.write` after flushing Python's buffers, so it comes
-///   after everything the program printed even if `sys.stdout` was replaced.
-/// * `os._exit` ends the process without running the program's `atexit` handlers, so
-///   nothing the program registered can run after the verdict. `os.write` and `os._exit`
-///   are bound before the program runs, so patching the `os` module cannot change them,
-///   and the `ok` record is only reachable from the `else` of the `try`.
-pub(crate) const DRIVER: &str = r#"
-import sys
-def _dtm_main():
-    import os
-    _write, _exit = os.write, os._exit
-    data = sys.stdin.buffer.read()
-    nl = data.index(b"\n")
-    head = b"\n\x1edtm-done:" + data[:nl] + b":"
-    src = data[nl + 1:]
-    del data, nl
-    def _dtm_finish(tag, etype="", msg=""):
-        for f in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-            try:
-                f.flush()
-            except BaseException:
-                pass
-        rec = b"".join((head, tag, b":",
-                        etype.encode("utf-8", "backslashreplace").hex().encode(), b":",
-                        msg.encode("utf-8", "backslashreplace")[:__MAX__].hex().encode(), b"\n"))
-        while rec:
-            try:
-                n = _write(1, rec)
-            except InterruptedError:
-                continue
-            rec = rec[n:]
-        _exit(0 if tag == b"ok" else 1)
-    mod = type(sys)("__main__")
-    sys.modules["__main__"] = mod
-    try:
-        code = compile(src, "<program>", "exec")
-        del src
-        exec(code, mod.__dict__)
-    except BaseException as e:
-        try:
-            etype = type(e).__qualname__
-        except BaseException:
-            etype = "BaseException"
-        try:
-            msg = str(e)
-        except BaseException:
-            msg = "<exception str() failed>"
-        try:
-            import traceback
-            tb = e.__traceback__
-            if tb is not None and tb.tb_next is not None:
-                tb = tb.tb_next
-            traceback.print_exception(type(e), e, tb, file=sys.__stderr__)
-        except BaseException:
-            pass
-        _dtm_finish(b"err", etype, msg)
-    else:
-        _dtm_finish(b"ok")
-_dtm_main()
-"#;
-
-/// The driver source with its constants filled in.
-pub(crate) fn driver_source() -> String {
-    DRIVER.replace("__MAX__", &MAX_MESSAGE.to_string())
-}
+/// The guest's source, for the tests that check it keeps to this protocol.
+#[cfg(test)]
+const GUEST: &str = include_str!("../guest/dtm_guest.py");
 
 /// A fresh 128-bit nonce, hex-encoded.
 pub(crate) fn fresh_nonce() -> String {
@@ -210,10 +152,8 @@ mod tests {
     }
 
     #[test]
-    fn driver_has_no_placeholders_left() {
-        let s = driver_source();
-        assert!(!s.contains("__MAX__"));
-        assert!(s.contains("\\x1edtm-done:"));
+    fn guest_writes_the_record_this_side_parses() {
+        assert!(GUEST.contains(r#"b"\n\x1edtm-done:" + data[:nl] + b":""#));
         assert_eq!(MARK, b"\x1edtm-done:");
     }
 }

@@ -14,8 +14,9 @@ use super::values;
 pub struct ExecArgs {
     /// The Python program (any encoding Python accepts, e.g. with a `# -*- coding: latin-1 -*-` line).
     file: PathBuf,
-    /// The protocol's per-program time limit in seconds: a work budget of that many seconds on
-    /// the reference machine (wasmtime fuel), with 10x as much wall time as a safety net.
+    /// The protocol's per-program time limit in seconds: a work budget of that many seconds of
+    /// native CPython's work on the reference machine (wasmtime fuel), with 30x as much wall
+    /// time as a safety net.
     #[arg(long, default_value_t = 3.0, value_parser = values::seconds)]
     timeout: f64,
     /// Memory cap in MiB (1 to 4096).

@@ -240,8 +240,8 @@ pub struct ScoreArgs {
     #[arg(long, default_value_t = 512, value_parser = values::memory_mb)]
     memory_mb: usize,
     /// Per-program time limit in seconds instead of the benchmark's (PROTOCOL: 3 s): a work
-    /// budget of that many seconds on the reference machine (wasmtime fuel, the same on any
-    /// machine), with 10x as much wall time as a safety net.
+    /// budget of that many seconds of native CPython's work on the reference machine (wasmtime
+    /// fuel, the same on any machine), with 30x as much wall time as a safety net.
     #[arg(long, value_parser = values::seconds)]
     timeout: Option<f64>,
     /// Do not execute programs: code benchmarks then report pass@1 as unavailable.

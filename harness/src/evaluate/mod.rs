@@ -98,7 +98,7 @@ pub struct TaskJob<'a> {
     pub items: &'a [Item],
     /// A code benchmark: its programs are run and the outcomes scored.
     pub code: bool,
-    /// Per-program time limit the protocol sets (seconds of work on the reference machine).
+    /// Per-program time limit the protocol sets (seconds of native CPython's work on the reference machine).
     pub timeout_s: Option<f64>,
 }
 
