@@ -13,8 +13,10 @@ use serde_json::json;
 use dtm_harness::checkpoint;
 use dtm_harness::engine::Engine;
 use dtm_harness::evaluate::report::{self, TaskReport};
+use dtm_harness::evaluate::shard::Shard;
 use dtm_harness::evaluate::source::{LoadedTask, TaskSource};
 use dtm_harness::evaluate::store::RunStore;
+use dtm_harness::evaluate::subset::Subset;
 use dtm_harness::evaluate::{plugins, run_task, ProgramRunner, Progress, SandboxRunner, TaskJob};
 use dtm_plugin_api::{validate, LoadOptions, OutputType};
 use dtm_yaml_tasks::DEFAULT_FEWSHOT_SEED;
@@ -41,23 +43,23 @@ pub struct PluginArgs {
     /// Benchmark data: `DIR` for every task (default: $DTM_DATA_DIR, else ../shared/data), or
     /// `NAME=DIR` for task NAME only (repeatable). YAML tasks read the files they name.
     #[arg(long = "data-dir", value_name = "[NAME=]DIR")]
-    data_dirs: Vec<String>,
+    pub(super) data_dirs: Vec<String>,
 }
 
 /// The data folders: one for every task, and per-task ones.
-struct DataDirs {
-    default: PathBuf,
-    per_task: BTreeMap<String, PathBuf>,
+pub(super) struct DataDirs {
+    pub(super) default: PathBuf,
+    pub(super) per_task: BTreeMap<String, PathBuf>,
 }
 
 impl DataDirs {
-    fn of(&self, task: &str) -> &Path {
+    pub(super) fn of(&self, task: &str) -> &Path {
         self.per_task.get(task).unwrap_or(&self.default)
     }
 }
 
 impl PluginArgs {
-    fn open(&self) -> Result<Vec<Box<dyn TaskSource>>> {
+    pub(super) fn open(&self) -> Result<Vec<Box<dyn TaskSource>>> {
         let exe_dir = plugins::exe_dir();
         let candidates = plugins::candidates(exe_dir.as_deref(), &self.plugin_dirs, &self.plugins)?;
         let mut warn = |w: String| eprintln!("warning: {w}");
@@ -80,7 +82,7 @@ impl PluginArgs {
     }
 
     /// `--data-dir` values: at most one `DIR`, any number of `NAME=DIR` (whose folders must exist).
-    fn data_dirs(&self) -> Result<DataDirs> {
+    pub(super) fn data_dirs(&self) -> Result<DataDirs> {
         let mut default = None;
         let mut per_task = BTreeMap::new();
         for v in &self.data_dirs {
@@ -202,6 +204,19 @@ pub struct ScoreArgs {
     /// Do not execute programs: code benchmarks then report pass@1 as unavailable.
     #[arg(long)]
     no_exec: bool,
+    /// Score only the I-th of N disjoint slices of every task's items (whole chunks of
+    /// --chunk-size dealt round-robin after --limit); `harness merge-shards` joins the N outputs.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+    /// Score only the items this JSON file lists, `{"TASK": [doc_id, …]}` (TASK as in --tasks,
+    /// e.g. `mmlu:anatomy`); tasks it does not name are scored whole. Applied after --limit.
+    #[arg(long, value_name = "FILE")]
+    items: Option<PathBuf>,
+    /// Print what scoring would cost, in tokens per task (JSON: requests, tokens requested, the
+    /// fewest forwarded with prefix reuse, the most generated), and exit: loads only the first
+    /// --model's tokenizer and writes nothing.
+    #[arg(long)]
+    plan: bool,
 }
 
 struct Bar(ProgressBar);
@@ -239,7 +254,7 @@ fn parse_options(options: &[String]) -> Result<BTreeMap<String, BTreeMap<String,
 }
 
 /// sha256 of each file a task read, by the name the task reports.
-fn data_hashes(files: &[(String, PathBuf)]) -> Result<BTreeMap<String, String>> {
+pub(super) fn data_hashes(files: &[(String, PathBuf)]) -> Result<BTreeMap<String, String>> {
     files
         .iter()
         .map(|(name, path)| Ok((name.clone(), checkpoint::sha256_file(path)?)))
@@ -247,7 +262,7 @@ fn data_hashes(files: &[(String, PathBuf)]) -> Result<BTreeMap<String, String>> 
 }
 
 /// `--tasks` resolved: (benchmark, subtask) pairs; a YAML `tag:` names every task carrying it.
-fn resolve_tasks(
+pub(super) fn resolve_tasks(
     tasks: &[String],
     sources: &[Box<dyn TaskSource>],
 ) -> Result<Vec<(String, Option<String>)>> {
@@ -356,6 +371,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         }
     }
 
+    let subset = Subset::from_args(args.items.as_deref(), args.shard, args.chunk_size, &specs)?;
     // Every task's data is read and its items built before the model loads; a task that fails
     // here is reported and the others go on.
     let mut prepared: Vec<Prepared> = Vec::new();
@@ -374,10 +390,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             });
         match loaded {
             Ok((items, task)) => prepared.push(Prepared {
-                items: items
-                    .into_iter()
-                    .filter(|i| sub.as_ref().is_none_or(|s| &i.subtask == s))
-                    .collect(),
+                items: subset.of(&name, sub.as_deref(), items)?,
                 name,
                 source,
                 task,
@@ -390,6 +403,19 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     }
     if prepared.is_empty() {
         bail!("every task failed before scoring (see the errors above)");
+    }
+    if args.plan {
+        let tasks: Vec<_> = prepared
+            .iter()
+            .map(|p| (p.name.as_str(), p.items.as_slice()))
+            .collect();
+        let plan = dtm_harness::evaluate::plan::report(
+            &args.model.models[0],
+            args.model.max_length,
+            &tasks,
+        )?;
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
     }
 
     eprintln!("loading {}", args.model.describe());
@@ -410,6 +436,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         "program_memory_mb": args.memory_mb,
     });
     identity.add_to_fingerprint(&mut fingerprint);
+    subset.record(&mut fingerprint);
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("{}: cannot create", args.output.display()))?;
     let store = RunStore::open(&args.output, &fingerprint)?;
@@ -490,7 +517,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         reports.push(report);
         all_samples.push(run.samples);
     }
-    let header = json!({
+    let mut header = json!({
         "harness_version": env!("CARGO_PKG_VERSION"),
         "model": identity.header(),
         "options": {
@@ -500,6 +527,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             "task_data_dirs": dirs.per_task,
         },
     });
+    subset.record(&mut header["options"]);
     let samples: Vec<&[_]> = all_samples.iter().map(Vec::as_slice).collect();
     report::write_all(
         &args.output,

@@ -1,8 +1,8 @@
 //! Token accounting, so that prefix reuse is visible.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Stats {
     /// Tokens the requests need the model to read (each request counted on its own).
     pub requested: usize,

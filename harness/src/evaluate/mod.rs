@@ -4,10 +4,14 @@
 //! are computed once); code benchmarks' programs go to a [`ProgramRunner`]; the plugin scores;
 //! finished items are saved chunk by chunk so that a killed run resumes.
 
+pub mod items;
+pub mod plan;
 pub mod plugins;
 pub mod report;
+pub mod shard;
 pub mod source;
 pub mod store;
+pub mod subset;
 
 use std::time::Instant;
 
