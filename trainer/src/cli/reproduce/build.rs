@@ -346,8 +346,16 @@ impl Builder<'_> {
         if let Some(e) = &d.embed {
             args.extend([Arg::lit("--embed"), Arg::lit(e.clone())]);
         }
-        if let Some(e) = &d.encoder {
-            args.extend([Arg::lit("--encoder"), Arg::input(&resolve(e))]);
+        if d.method == "kmeans" {
+            // The encoder is an input like any other: named, and hashed into the key.
+            let encoder = d
+                .encoder
+                .as_deref()
+                .map(resolve)
+                .unwrap_or_else(dtm_trainer::embed::default_encoder_dir);
+            args.extend([Arg::lit("--encoder"), Arg::input(&encoder)]);
+        } else if d.encoder.is_some() {
+            bail!("dispersal.encoder is for method \"kmeans\"");
         }
         if let Some(n) = d.restarts {
             args.extend([Arg::lit("--restarts"), Arg::lit(n.to_string())]);
@@ -678,6 +686,7 @@ impl Builder<'_> {
         number("--max-new-tokens", e.max_new_tokens);
         number("--batch-size", e.batch_size);
         number("--chunk-size", e.chunk_size);
+        number("--prefix-cache", e.prefix_cache);
         number("--max-length", e.max_length);
         if let Some(s) = e.seed {
             args.extend([Arg::lit("--seed"), Arg::lit(s.to_string())]);

@@ -107,12 +107,16 @@ impl Estimator {
                 options,
             } => {
                 let config = options.config(PathBuf::from("model"), PathBuf::from("data"))?;
-                let mut examples = self.examples(config.max_len, config.append_eos)?;
+                let examples = self.examples(config.max_len, config.append_eos)?;
                 let keep = match selected {
                     Some(n) => (*n).min(examples.len()),
                     None => ((examples.len() as f64) * fraction).round() as usize,
-                };
-                examples.truncate(keep.max(1));
+                }
+                .max(1);
+                // Evenly spread records stand for a portion (the data is ordered by source).
+                let n = examples.len();
+                let examples: Vec<Example> =
+                    (0..keep).map(|i| examples[i * n / keep].clone()).collect();
                 let tokens: usize = Plan::new(examples, &config).tokens_per_step().iter().sum();
                 Cost {
                     train_tokens: tokens as f64 * (1.0 + config.replay_ratio),

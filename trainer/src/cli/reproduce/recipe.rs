@@ -84,6 +84,9 @@ pub struct EvalSpec {
     pub shards: usize,
     pub batch_size: Option<usize>,
     pub chunk_size: Option<usize>,
+    /// Shared-prefix KV caches kept across chunks (0: reuse within a chunk only, which makes
+    /// joined shards equal an unsharded run byte for byte).
+    pub prefix_cache: Option<usize>,
     /// f32, bf16 or f16.
     pub dtype: Option<String>,
     pub max_length: Option<usize>,
@@ -535,7 +538,8 @@ RECIPE (TOML; unknown fields are errors, reported as FILE:LINE:COLUMN)
     limit = 20                  first N items of each (sub)task
     items = \"items.json\"        explicit item lists {\"TASK\": [doc_id, …]} (--items)
     num-fewshot, max-new-tokens, data-dir, options = [\"task.name=value\"],
-    include-path = [\"DIR\"], batch-size, chunk-size, dtype, max-length, seed, no-exec
+    include-path = [\"DIR\"], batch-size, chunk-size, prefix-cache, dtype, max-length, seed,
+    no-exec
     shards = 1                  N > 1: every model is scored as N shards (--shard I/N),
                                 joined by `harness merge-shards`
 
