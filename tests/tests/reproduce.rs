@@ -164,6 +164,7 @@ fn table1_tiny_end_to_end_resumes_and_recomputes_only_what_changed() {
         "soup",
         "dtm",
         "dtm-ties",
+        "dtm-fisher",
         "ensemble",
         "dtm-sub-1",
         "dtm-sub-4",

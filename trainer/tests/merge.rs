@@ -938,6 +938,39 @@ fn fisher_files_weight_each_entry_and_must_match_the_model() {
     let err = with_fisher([&f1, &wrong], &dir.path().join("out2")).unwrap_err();
     let text = err.to_string();
     assert!(text.contains(L0) && text.contains("Fisher"), "{text}");
+
+    // Files covering some tensors only (as `trainer fisher` writes the adapted matrices): the
+    // covered ones are Fisher-weighted as above, the others are the plain mean.
+    let (p1, p2) = (dir.path().join("p1"), dir.path().join("p2"));
+    write_model(&p1, &[(L0, &[2, 2], &[1.0, 0.0, 1.0, 1.0])], DType::F32);
+    write_model(&p2, &[(L0, &[2, 2], &[3.0, 0.0, 1.0, 0.0])], DType::F32);
+    let partial = dir.path().join("partial");
+    with_fisher([&p1, &p2], &partial).unwrap();
+    let got = read_model(&partial);
+    close(&got[L0].1, &[0.5, 2.0, 4.0, 4e-6 / (1.0 + 1e-6)], 1e-6);
+    close(&got[L1].1, &[-0.5, 0.5, 0.5, 0.0], 1e-6);
+    close(&got[NORM].1, &[(1.0 + 1.5) / 2.0, 1.0], 1e-6);
+    // A tensor the model lacks, or files that cover different tensors, are refused.
+    let extra = dir.path().join("extra");
+    write_model(
+        &extra,
+        &[(L0, &[2, 2], &[1.0; 4]), ("extra.weight", &[1], &[1.0])],
+        DType::F32,
+    );
+    let err = with_fisher([&extra, &extra], &dir.path().join("out3"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("extra.weight") && err.contains("but not in"),
+        "{err}"
+    );
+    let err = with_fisher([&p1, &f2], &dir.path().join("out4"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("every Fisher file must cover the same tensors"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------- the binary and mergekit

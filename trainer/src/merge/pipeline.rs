@@ -255,7 +255,12 @@ pub fn merge(
         let mut fisher_values = Vec::with_capacity(fishers.len());
         for f in &fishers {
             let mut v = pool.take();
-            read += f.read_f32(name, &mut v)? as u64;
+            if f.entry(name).is_some() {
+                read += f.read_f32(name, &mut v)? as u64;
+            } else {
+                v.clear();
+                v.resize(inputs[0].len(), 0.0);
+            }
             fisher_values.push(v);
         }
         let mut out = pool.take();
@@ -344,6 +349,33 @@ fn agree(reference: &TensorFiles, other: &TensorFiles, dtypes: bool) -> Result<(
     Ok(())
 }
 
+/// A Fisher file may cover only some of the model's tensors (`trainer fisher` writes the
+/// adapted matrices only): each tensor it holds must be the model's, with its shape, in a float
+/// type. A tensor no file covers gets Fisher 0 for every model, which the floor turns into the
+/// weighted mean (for LoRA sub-models those tensors are the base's in every model).
+fn fisher_agrees(reference: &TensorFiles, fisher: &TensorFiles) -> Result<(), MergeError> {
+    let (a, b) = (reference.path.display(), fisher.path.display());
+    for name in fisher.names() {
+        let f = fisher.entry(name).expect("listed");
+        let Some(r) = reference.entry(name) else {
+            return Err(MergeError::tensor(name, format!("in {b} but not in {a}")));
+        };
+        if r.shape != f.shape {
+            return Err(MergeError::tensor(
+                name,
+                format!("shape {:?} in {a} but {:?} in {b}", r.shape, f.shape),
+            ));
+        }
+        if !is_float(f.dtype) {
+            return Err(MergeError::tensor(
+                name,
+                format!("dtype {:?} in {b} is not a floating-point type", f.dtype),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The models' Fisher files (Fisher averaging only), checked against the models' tensors.
 fn fisher_files(
     spec: &MergeSpec,
@@ -368,7 +400,7 @@ fn fisher_files(
                 }
             };
             let f = TensorFiles::open(&path)?;
-            agree(reference, &f, false).map_err(|e| match e {
+            fisher_agrees(reference, &f).map_err(|e| match e {
                 MergeError::Tensor { tensor, problem } => MergeError::Tensor {
                     tensor,
                     problem: format!("Fisher file does not match the model: {problem}"),
@@ -377,7 +409,29 @@ fn fisher_files(
             })?;
             Ok(f)
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|files| {
+            // One file covering a tensor that another leaves out would weigh that tensor by
+            // one model's information against none: refused.
+            if let Some(first) = files.first() {
+                for f in &files[1..] {
+                    let differs = |a: &TensorFiles, b: &TensorFiles| {
+                        a.names().iter().find(|n| b.entry(n).is_none()).cloned()
+                    };
+                    if let Some(name) = differs(first, f).or_else(|| differs(f, first)) {
+                        return Err(MergeError::tensor(
+                            &name,
+                            format!(
+                                "in one of {} and {} but not the other: every Fisher file must cover the same tensors",
+                                first.path.display(),
+                                f.path.display()
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(files)
+        })
 }
 
 /// Refuses an output that is one of the inputs.
