@@ -165,6 +165,7 @@ fn table1_tiny_end_to_end_resumes_and_recomputes_only_what_changed() {
         "dtm",
         "dtm-ties",
         "dtm-fisher",
+        "dtm-kmeans",
         "ensemble",
         "dtm-sub-1",
         "dtm-sub-4",
