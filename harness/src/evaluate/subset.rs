@@ -24,30 +24,6 @@ pub struct Subset {
 }
 
 impl Subset {
-    /// The items of task `name` (`mmlu` or `mmlu:anatomy` for `subtask`) that this run scores.
-    pub fn of(&self, name: &str, subtask: Option<&str>, all: Vec<Item>) -> Result<Vec<Item>> {
-        let in_subtask: Vec<Item> = all
-            .into_iter()
-            .filter(|i| subtask.is_none_or(|s| i.subtask == s))
-            .collect();
-        let listed = items::select(self.lists.as_ref(), name, in_subtask, |i| i.doc_id)?;
-        Ok(shard::select(self.shard, listed, self.chunk_size))
-    }
-
-    /// Notes the item lists and the shard in a run's settings: a restart must score the same
-    /// items, and `harness merge-shards` must know which slice a folder holds.
-    pub fn record(&self, settings: &mut Value) {
-        if let Some(lists) = &self.lists {
-            settings[ITEMS_KEY] = json!(lists);
-        }
-        if let Some(s) = self.shard {
-            settings[SHARD_KEY] = json!(s.to_string());
-            settings[CHUNK_KEY] = json!(self.chunk_size);
-        }
-    }
-}
-
-impl Subset {
     /// `harness score`'s subset: the item-list file (read and checked against the task names
     /// being scored), the shard and the chunk size.
     pub fn from_args(
@@ -75,5 +51,27 @@ impl Subset {
             shard,
             chunk_size,
         })
+    }
+
+    /// The items of task `name` (`mmlu` or `mmlu:anatomy` for `subtask`) that this run scores.
+    pub fn of(&self, name: &str, subtask: Option<&str>, all: Vec<Item>) -> Result<Vec<Item>> {
+        let in_subtask: Vec<Item> = all
+            .into_iter()
+            .filter(|i| subtask.is_none_or(|s| i.subtask == s))
+            .collect();
+        let listed = items::select(self.lists.as_ref(), name, in_subtask, |i| i.doc_id)?;
+        Ok(shard::select(self.shard, listed, self.chunk_size))
+    }
+
+    /// Notes the item lists and the shard in a run's settings: a restart must score the same
+    /// items, and `harness merge-shards` must know which slice a folder holds.
+    pub fn record(&self, settings: &mut Value) {
+        if let Some(lists) = &self.lists {
+            settings[ITEMS_KEY] = json!(lists);
+        }
+        if let Some(s) = self.shard {
+            settings[SHARD_KEY] = json!(s.to_string());
+            settings[CHUNK_KEY] = json!(self.chunk_size);
+        }
     }
 }

@@ -195,53 +195,43 @@ impl Builder<'_> {
                 )?;
             }
             Kind::Sft => {
-                let mut train = train;
                 let options = options_of(&train)?;
-                if options.reg == dtm_trainer::sft::Regularisation::Ewc && options.fisher.is_none()
-                {
-                    let spec = m.fisher.clone().with_context(|| {
-                        "reg = \"ewc\" needs the base model's Fisher: a `fisher = { data = … }` table (or train.fisher = FILE)"
-                    })?;
-                    let text = resolve(
-                        spec.data
-                            .as_deref()
-                            .unwrap_or(Path::new(DEFAULT_FISHER_TEXT)),
-                    );
-                    let stage = self.fisher_stage(
-                        format!("fisher/{name}"),
-                        None,
-                        &spec,
-                        (Arg::input(&text), Some(text.clone())),
-                        &options,
-                        1.0,
-                    )?;
-                    train.insert(
-                        "fisher".into(),
-                        toml::Value::String(FISHER_PLACEHOLDER.into()),
-                    );
-                    let run = self.train_stage(
-                        format!("train/{name}"),
-                        self.data.clone(),
-                        &train,
-                        1.0,
-                        None,
-                        Some(Arg::out(stage, "fisher.safetensors")),
-                    )?;
-                    self.score_run(&name, run, &m.labels)?;
-                } else {
-                    if m.fisher.is_some() {
-                        bail!("`fisher` is the Fisher of EWC: it goes with train.reg = \"ewc\"");
+                let needs_fisher = options.reg == dtm_trainer::sft::Regularisation::Ewc
+                    && options.fisher.is_none();
+                let extra = match (&m.fisher, needs_fisher) {
+                    (Some(spec), true) => {
+                        let text = resolve(
+                            spec.data
+                                .as_deref()
+                                .unwrap_or(Path::new(DEFAULT_FISHER_TEXT)),
+                        );
+                        let stage = self.fisher_stage(
+                            format!("fisher/{name}"),
+                            None,
+                            spec,
+                            (Arg::input(&text), Some(text.clone())),
+                            &options,
+                            1.0,
+                        )?;
+                        vec![Arg::lit("--fisher"), Arg::out(stage, "fisher.safetensors")]
                     }
-                    let run = self.train_stage(
-                        format!("train/{name}"),
-                        self.data.clone(),
-                        &train,
-                        1.0,
-                        None,
-                        None,
-                    )?;
-                    self.score_run(&name, run, &m.labels)?;
-                }
+                    (None, true) => bail!(
+                        "reg = \"ewc\" needs the base model's Fisher: a `fisher = {{ data = … }}` table (or train.fisher = FILE)"
+                    ),
+                    (Some(_), false) => {
+                        bail!("`fisher` is the Fisher of EWC: it goes with train.reg = \"ewc\"")
+                    }
+                    (None, false) => Vec::new(),
+                };
+                let run = self.train_stage(
+                    format!("train/{name}"),
+                    self.data.clone(),
+                    &train,
+                    1.0,
+                    None,
+                    extra,
+                )?;
+                self.score_run(&name, run, &m.labels)?;
             }
             Kind::Deita => {
                 let s = m.select.clone().expect("checked");
@@ -280,7 +270,7 @@ impl Builder<'_> {
                     &train,
                     1.0,
                     Some(s.top_k.unwrap_or(0)),
-                    None,
+                    Vec::new(),
                 )?;
                 self.score_run(&name, run, &m.labels)?;
             }
@@ -294,7 +284,7 @@ impl Builder<'_> {
                         &table,
                         1.0,
                         None,
-                        None,
+                        Vec::new(),
                     )?;
                     self.train_log(format!("{name}-run-{}", j + 1), stage);
                     adapters.push(Arg::out(stage, "run/adapter"));
@@ -385,7 +375,7 @@ impl Builder<'_> {
                 train,
                 1.0 / k as f64,
                 None,
-                None,
+                Vec::new(),
             )?;
             self.train_log(format!("{name}-sub-{j}"), stage);
             adapters.push(Arg::out(stage, "run/adapter"));
@@ -514,7 +504,7 @@ impl Builder<'_> {
         table: &toml::Table,
         fraction: f64,
         selected: Option<usize>,
-        fisher: Option<Arg>,
+        extra: Vec<Arg>,
     ) -> anyhow::Result<usize> {
         let options = options_of(table)?;
         options
@@ -536,10 +526,6 @@ impl Builder<'_> {
             match value {
                 toml::Value::Boolean(true) => args.push(flag),
                 toml::Value::Boolean(false) => {}
-                toml::Value::String(s) if key == "fisher" && s == FISHER_PLACEHOLDER => {
-                    args.push(flag);
-                    args.push(fisher.clone().expect("a Fisher stage"));
-                }
                 toml::Value::String(s) if PATH_FLAGS.contains(&key.as_str()) => {
                     args.extend([flag, Arg::input(&resolve(Path::new(s)))]);
                 }
@@ -560,6 +546,7 @@ impl Builder<'_> {
                 }
             }
         }
+        args.extend(extra);
         let stage =
             Stage::new(name.clone(), "train", Program::Trainer, args).with_model(Work::Train {
                 fraction,
@@ -844,22 +831,9 @@ fn scalar(v: &toml::Value) -> Option<String> {
     }
 }
 
-/// Stands for the Fisher stage's output in a train table until the stage exists.
-const FISHER_PLACEHOLDER: &str = "\u{0}fisher-stage";
-
 /// A merged train table as `trainer sft` options (checked: known flags, right types).
 fn options_of(table: &toml::Table) -> anyhow::Result<SftOptions> {
-    let mut t = table.clone();
-    if t.get("fisher")
-        .and_then(|v| v.as_str())
-        .is_some_and(|s| s == FISHER_PLACEHOLDER)
-    {
-        t.insert(
-            "fisher".into(),
-            toml::Value::String("fisher.safetensors".into()),
-        );
-    }
-    toml::Value::Table(t)
+    toml::Value::Table(table.clone())
         .try_into::<SftOptions>()
         .map_err(|e| anyhow::anyhow!("train settings: {}", e.message()))
 }
