@@ -239,3 +239,58 @@ fn merge_shards_refuses_what_is_not_one_whole_run() {
     ok(&merge(&[&s2, &s1], &out));
     assert_eq!(read_samples(&out), read_samples(&whole));
 }
+
+/// `--plan` counts, without the model's weights, the tokens `harness score` then requests, and a
+/// lower bound of what it forwards.
+#[test]
+fn plan_counts_the_tokens_scoring_reads() {
+    let model = tiny_model("llama");
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--tasks",
+        "arc_challenge,mmlu:astronomy,gsm8k",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "5",
+    ];
+    let mut with_plan = args.to_vec();
+    with_plan.push("--plan");
+    let o = score(&model, &dir.path().join("unused"), &with_plan);
+    ok(&o);
+    assert!(!dir.path().join("unused").exists(), "--plan writes nothing");
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let out = dir.path().join("run");
+    ok(&score(&model, &out, &args));
+    let results = read_json(&out.join("results.json"));
+    for task in ["arc_challenge", "mmlu:astronomy"] {
+        let (p, r) = (&plan["tasks"][task], &results["tasks"][task]);
+        assert_eq!(p["items"], 3);
+        assert_eq!(
+            p["requested"], r["tokens"]["requested"],
+            "{task}: the same count"
+        );
+        assert!(p["forwarded_min"].as_u64().unwrap() <= r["tokens"]["forwarded"].as_u64().unwrap());
+        assert!(p["forwarded_min"].as_u64().unwrap() < p["requested"].as_u64().unwrap());
+        assert_eq!(p["generated_max"], 0);
+    }
+    let g = &plan["tasks"]["gsm8k"];
+    assert_eq!(
+        g["requested"],
+        results["tasks"]["gsm8k"]["tokens"]["requested"]
+    );
+    assert_eq!(
+        (g["generate_requests"].as_u64(), g["generated_max"].as_u64()),
+        (Some(3), Some(15))
+    );
+    let sum = |k: &str| -> u64 {
+        ["arc_challenge", "mmlu:astronomy", "gsm8k"]
+            .iter()
+            .map(|t| plan["tasks"][t][k].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        plan["total"]["requested"].as_u64().unwrap(),
+        sum("requested")
+    );
+}

@@ -47,23 +47,38 @@ pub fn plan(
                 context,
                 continuation,
             } => {
+                // As the engine reads it: the last max_length + 1 tokens, of which the last is
+                // only a target (never forwarded).
                 let pair = encode_pair(tokenizer, context, continuation)?;
                 let mut t = pair.context;
                 t.extend(pair.continuation);
-                // The engine keeps the last max_length + 1 tokens (the last is only a target).
                 let keep = t.len().min(max_length + 1);
-                t.split_off(t.len() - keep)
+                let mut t = t.split_off(t.len() - keep);
+                t.pop();
+                t
             }
             Request::GenerateUntil {
                 context,
                 max_new_tokens,
                 ..
             } => {
+                // As the engine prompts: BOS for an empty context, cut from the left to leave
+                // room for the generation.
                 out.generate_requests += 1;
                 out.generated_max += max_new_tokens;
-                let t = tokenizer.encode_document(context)?;
-                let keep = t.len().min(max_length);
-                t[t.len() - keep..].to_vec()
+                let mut t = tokenizer.encode_document(context)?;
+                if t.is_empty() {
+                    t.extend(
+                        tokenizer
+                            .bos_token_id()
+                            .or_else(|| tokenizer.eos_token_ids().first().copied()),
+                    );
+                }
+                let room = max_length.saturating_sub(*max_new_tokens).max(1);
+                if t.len() > room {
+                    t.drain(..t.len() - room);
+                }
+                t
             }
             // Rolling windows never share a prefix with anything else: all of it is forwarded.
             Request::LoglikelihoodRolling { text } => tokenizer.encode_document(text)?,

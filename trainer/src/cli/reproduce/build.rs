@@ -837,3 +837,43 @@ fn options_of(table: &toml::Table) -> anyhow::Result<SftOptions> {
         .try_into::<SftOptions>()
         .map_err(|e| anyhow::anyhow!("train settings: {}", e.message()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recipe's `train` keys are `trainer sft`'s flags: the same names, all of them.
+    #[test]
+    fn every_sft_flag_is_a_train_key_and_nothing_else() {
+        use clap::Args;
+        let cmd = SftOptions::augment_args(clap::Command::new("sft"));
+        let flags: std::collections::BTreeSet<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .collect();
+        let mut t = toml::Table::new();
+        t.insert("no-such-flag".into(), toml::Value::Integer(1));
+        let err = options_of(&t).unwrap_err().to_string();
+        let listed: std::collections::BTreeSet<String> = err
+            .split("expected one of ")
+            .nth(1)
+            .expect("serde lists the known fields")
+            .split(", ")
+            .map(|f| f.trim().trim_matches('`').to_owned())
+            .collect();
+        assert_eq!(listed, flags);
+        // Unset keys take the command line's defaults.
+        let o = options_of(&toml::Table::new()).unwrap();
+        assert_eq!(o.moe_type_field, "task_type");
+        assert_eq!(o.reg, dtm_trainer::sft::Regularisation::None);
+    }
+
+    #[test]
+    fn paths_resolve_against_the_current_folder_without_dot_dot() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(resolve(Path::new("a/../b/./c")), cwd.join("b/c"));
+        assert_eq!(resolve(Path::new("/x/y/../z")), PathBuf::from("/x/z"));
+        let home = PathBuf::from(std::env::var_os("HOME").unwrap());
+        assert_eq!(resolve(Path::new("~/m.gguf")), home.join("m.gguf"));
+    }
+}
