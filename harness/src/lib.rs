@@ -1,6 +1,7 @@
 //! dtm's evaluation engine: the model runtime (checkpoints, the shared decoder, tokenisation) and
 //! the request engine that scores text with it.
 
+pub mod data;
 pub mod engine;
 pub mod evaluate;
 pub mod report;

@@ -1,12 +1,16 @@
 //! Engine behaviour that the reference fixtures do not cover: generation rows that continue
-//! different shared prefixes in one batch.
+//! different shared prefixes in one batch, broken checkpoints, degenerate requests, truncation.
 
 mod common;
 
 use candle_core::{DType, Device};
 
 use dtm_harness::checkpoint;
-use dtm_harness::engine::{Engine, EngineOptions, GenerateRequest};
+use dtm_harness::engine::{
+    Engine, EngineOptions, Ensemble, EnsembleMode, GenerateRequest, LoglikelihoodRequest,
+};
+use dtm_harness::error::RuntimeError;
+use dtm_harness::model::Batch;
 
 #[test]
 fn generation_batches_mixing_preambles_reuse_each_and_change_nothing() {
@@ -54,4 +58,294 @@ fn generation_batches_mixing_preambles_reuse_each_and_change_nothing() {
     );
     // Each preamble was run through the model once, not once per row.
     assert!(stats.forwarded + 40 < stats.requested, "{stats:?}");
+}
+
+/// NaN weights make NaN logits; every request type fails naming the model instead of returning
+/// NaN scores (which plugins would read as JSON null) or garbage text.
+#[test]
+fn non_finite_logits_fail_naming_the_model() {
+    let (_dir, path) = common::nan_checkpoint();
+    let model = checkpoint::load(&path, DType::F32, &Device::Cpu).unwrap();
+    let mut engine = Engine::new(&model, EngineOptions::default());
+    let check = |e: RuntimeError| {
+        assert!(matches!(e, RuntimeError::NonFiniteLogits { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("non-finite"),
+            "{msg}"
+        );
+    };
+    check(
+        engine
+            .loglikelihood(&[LoglikelihoodRequest {
+                context: "The sky is".into(),
+                continuation: " blue".into(),
+            }])
+            .unwrap_err(),
+    );
+    check(
+        engine
+            .generate_until(&[GenerateRequest {
+                context: "The sky is".into(),
+                until: vec![],
+                max_new_tokens: 4,
+            }])
+            .unwrap_err(),
+    );
+    check(engine.inspect("The sky is", 5).unwrap_err());
+}
+
+/// In an ensemble the check runs on every member's logits before they are combined, and names
+/// the broken member, not the first one: in either combination mode, for scoring and generation.
+#[test]
+fn non_finite_logits_of_an_ensemble_member_name_that_member() {
+    let good_path = common::tiny_model("llama");
+    let good = checkpoint::load(&good_path, DType::F32, &Device::Cpu).unwrap();
+    let (_dir, path) = common::nan_checkpoint();
+    let broken = checkpoint::load(&path, DType::F32, &Device::Cpu).unwrap();
+    for mode in [EnsembleMode::Logprobs, EnsembleMode::Logits] {
+        let ensemble = Ensemble::new(vec![&good, &broken], mode).unwrap();
+        let mut engine = Engine::new(ensemble, EngineOptions::default());
+        let check = |e: RuntimeError| {
+            let msg = e.to_string();
+            assert!(matches!(e, RuntimeError::NonFiniteLogits { .. }), "{msg}");
+            assert!(
+                msg.starts_with(&format!("{}: ", path.display())),
+                "{mode:?}: {msg}"
+            );
+        };
+        check(
+            engine
+                .loglikelihood(&[LoglikelihoodRequest {
+                    context: "The sky is".into(),
+                    continuation: " blue".into(),
+                }])
+                .unwrap_err(),
+        );
+        check(
+            engine
+                .generate_until(&[GenerateRequest {
+                    context: "The sky is".into(),
+                    until: vec![],
+                    max_new_tokens: 2,
+                }])
+                .unwrap_err(),
+        );
+    }
+    // The good member alone still scores.
+    let mut engine = Engine::new(&good, EngineOptions::default());
+    let r = engine
+        .loglikelihood(&[LoglikelihoodRequest {
+            context: "The sky is".into(),
+            continuation: " blue".into(),
+        }])
+        .unwrap();
+    assert!(r[0].logprob.is_finite() && r[0].logprob < 0.0, "{r:?}");
+    assert_ne!(good_path, path);
+}
+
+/// With neither BOS nor EOS an empty prompt has nothing to start from: an error, not an
+/// underflow; and rolling loglikelihood (which needs a start token) is not required by a batch
+/// of no documents.
+#[test]
+fn empty_prompt_without_special_tokens_is_an_error() {
+    let (_dir, path) = common::no_special_tokens_checkpoint();
+    let model = checkpoint::load(&path, DType::F32, &Device::Cpu).unwrap();
+    assert!(model.tokenizer.bos_token_id().is_none() && model.tokenizer.eos_token_ids().is_empty());
+    let mut engine = Engine::new(&model, EngineOptions::default());
+    let e = engine
+        .generate_until(&[GenerateRequest {
+            context: String::new(),
+            until: vec![],
+            max_new_tokens: 3,
+        }])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("neither BOS nor EOS"), "{e}");
+    assert!(engine.loglikelihood_rolling(&[]).unwrap().is_empty());
+    assert!(engine.loglikelihood_rolling(&["text".into()]).is_err());
+}
+
+/// A budget of zero new tokens generates nothing; one generates exactly one token.
+#[test]
+fn max_new_tokens_is_an_exact_budget() {
+    let model = checkpoint::load(&common::tiny_model("llama"), DType::F32, &Device::Cpu).unwrap();
+    let mut engine = Engine::new(&model, EngineOptions::default());
+    let request = |n| GenerateRequest {
+        context: "Once upon a time".into(),
+        until: vec![],
+        max_new_tokens: n,
+    };
+    let out = engine.generate_until(&[request(0), request(1)]).unwrap();
+    assert_eq!(out[0].ids.len(), 0);
+    assert_eq!(out[0].text, "");
+    assert_eq!(out[1].ids.len(), 1);
+}
+
+/// Inputs longer than the maximum length are cut from the left: the last `max_length` tokens of
+/// context + continuation are what the model reads, so the continuation's score equals that of a
+/// request whose context is already cut to those tokens.
+#[test]
+fn long_inputs_are_truncated_from_the_left() {
+    let model = checkpoint::load(&common::tiny_model("llama"), DType::F32, &Device::Cpu).unwrap();
+    let tok = &model.tokenizer;
+    let context =
+        "one two three four five six seven eight nine ten eleven twelve thirteen fourteen";
+    let continuation = " fifteen";
+    let ctx_ids = tok.encode(context).unwrap();
+    let cont_ids = tok.encode(continuation).unwrap();
+    assert!(
+        ctx_ids.len() > 10 && cont_ids.len() == 1,
+        "{ctx_ids:?} {cont_ids:?}"
+    );
+    let max = 8;
+    let mut short = Engine::new(
+        &model,
+        EngineOptions {
+            max_length: Some(max),
+            ..EngineOptions::default()
+        },
+    );
+    let cut = short
+        .loglikelihood(&[LoglikelihoodRequest {
+            context: context.into(),
+            continuation: continuation.into(),
+        }])
+        .unwrap()
+        .remove(0);
+    // lm-eval keeps the last max_length + 1 tokens; the first of them is input only. The same
+    // window, scored by a model with room to spare, gives the same log-probability.
+    let mut window: Vec<u32> = ctx_ids.clone();
+    window.extend(&cont_ids);
+    let window = window[window.len() - (max + 1)..].to_vec();
+    let mut full = Engine::new(&model, EngineOptions::default());
+    let report = full.inspect(&tok.decode(&window[..window.len() - 1]).unwrap(), 5);
+    let report = report.unwrap();
+    assert_eq!(report.ids, window[..window.len() - 1]);
+    let direct = full
+        .loglikelihood(&[LoglikelihoodRequest {
+            context: tok.decode(&window[..window.len() - 1]).unwrap(),
+            continuation: continuation.into(),
+        }])
+        .unwrap()
+        .remove(0);
+    assert!(
+        (cut.logprob - direct.logprob).abs() < 1e-4,
+        "{} vs {}",
+        cut.logprob,
+        direct.logprob
+    );
+    let uncut = full
+        .loglikelihood(&[LoglikelihoodRequest {
+            context: context.into(),
+            continuation: continuation.into(),
+        }])
+        .unwrap()
+        .remove(0);
+    assert!(
+        (cut.logprob - uncut.logprob).abs() > 1e-3,
+        "the cut must change the score"
+    );
+
+    // Generation keeps room for its budget: the prompt is cut to max_length - max_new_tokens.
+    let g = short
+        .generate_until(&[GenerateRequest {
+            context: context.into(),
+            until: vec![],
+            max_new_tokens: 3,
+        }])
+        .unwrap()
+        .remove(0);
+    let g_cut = full
+        .generate_until(&[GenerateRequest {
+            context: tok.decode(&ctx_ids[ctx_ids.len() - (max - 3)..]).unwrap(),
+            until: vec![],
+            max_new_tokens: 3,
+        }])
+        .unwrap()
+        .remove(0);
+    assert_eq!(g.ids, g_cut.ids);
+}
+
+/// A stop string that begins in one token and ends in the next cuts the text before it, and
+/// generation stops at the token that completes it.
+#[test]
+fn stop_strings_that_straddle_tokens_cut_the_text() {
+    let model = checkpoint::load(&common::tiny_model("llama"), DType::F32, &Device::Cpu).unwrap();
+    let tok = &model.tokenizer;
+    let mut engine = Engine::new(&model, EngineOptions::default());
+    let free = engine
+        .generate_until(&[GenerateRequest {
+            context: "The weather today is".into(),
+            until: vec![],
+            max_new_tokens: 12,
+        }])
+        .unwrap()
+        .remove(0);
+    // Find a boundary between tokens k-1 and k where both sides have text.
+    let (k, before, next) = (1..free.ids.len())
+        .find_map(|k| {
+            let before = tok.decode(&free.ids[..k]).unwrap();
+            let upto = tok.decode(&free.ids[..=k]).unwrap();
+            let next = upto.strip_prefix(before.as_str())?.to_owned();
+            (!before.is_empty() && !next.is_empty()).then_some((k, before, next))
+        })
+        .expect("a boundary between two non-empty tokens");
+    let last = before.chars().last().unwrap();
+    let first = next.chars().next().unwrap();
+    let stop = format!("{last}{first}");
+    let cut = free.text.find(&stop).unwrap();
+    assert!(
+        cut < before.len(),
+        "the stop string spans the boundary at {k}"
+    );
+    let stopped = engine
+        .generate_until(&[GenerateRequest {
+            context: "The weather today is".into(),
+            until: vec![stop.clone()],
+            max_new_tokens: 12,
+        }])
+        .unwrap()
+        .remove(0);
+    assert_eq!(stopped.text, free.text[..cut], "stop {stop:?}");
+    let completes = (1..=free.ids.len())
+        .find(|&n| tok.decode(&free.ids[..n]).unwrap().contains(&stop))
+        .unwrap();
+    assert_eq!(stopped.ids, free.ids[..completes], "stop {stop:?}");
+}
+
+/// The decoder's public entry points refuse a malformed batch with an error naming the problem
+/// (unknown token id, rows of different lengths) instead of panicking or reading out of bounds;
+/// the training pass checks the same.
+#[test]
+fn malformed_batches_are_errors_not_panics() {
+    let model = checkpoint::load(&common::tiny_model("llama"), DType::F32, &Device::Cpu).unwrap();
+    let decoder = &model.decoder;
+    let vocab = decoder.config().vocab_size as u32;
+    let run = |tokens: Vec<Vec<u32>>, positions: Vec<Vec<i64>>| {
+        let valid: Vec<Vec<bool>> = positions.iter().map(|p| vec![true; p.len()]).collect();
+        let batch = Batch {
+            tokens: &tokens,
+            positions: &positions,
+            valid: &valid,
+        };
+        let mut cache = decoder.new_cache(tokens.len());
+        // candle appends a backtrace when RUST_BACKTRACE is set: the first line is the message.
+        let first = |e: candle_core::Error| e.to_string().lines().next().unwrap().to_owned();
+        let cached = first(decoder.forward(&batch, &mut cache).unwrap_err());
+        let train = first(decoder.forward_train(&batch, None).unwrap_err());
+        assert_eq!(cached, train);
+        cached
+    };
+    let e = run(vec![vec![1, vocab]], vec![vec![0, 1]]);
+    assert!(
+        e.contains(&format!(
+            "token id {vocab} in batch row 0 is outside the vocabulary"
+        )),
+        "{e}"
+    );
+    let e = run(vec![vec![1, 2], vec![3]], vec![vec![0, 1], vec![0]]);
+    assert!(e.contains("batch row 1 has 1 tokens"), "{e}");
+    let e = run(vec![vec![1, 2]], vec![vec![0]]);
+    assert!(e.contains("batch row 0 has 2 tokens, 1 positions"), "{e}");
 }

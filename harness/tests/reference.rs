@@ -21,6 +21,12 @@ const TINY: Tolerance = Tolerance {
     logit: 1e-4,
     loglik_sum: 5e-4,
 };
+/// bf16 against transformers' bf16: per-token log-probabilities, worst and mean difference.
+/// Measured 0.049 and 0.012 (rounding at different points of two bf16 implementations); a bug
+/// that kept a norm or the softmax in bf16, or rounded the weights twice, moves them well past
+/// these bounds (the old test's 0.25 against float32 let such a bug through).
+const TOLERANCE_BF16_WORST: f64 = 0.06;
+const TOLERANCE_BF16_MEAN: f64 = 0.015;
 const SMOLLM2: Tolerance = Tolerance {
     logit: 1e-3,
     loglik_sum: 3e-3,
@@ -234,6 +240,86 @@ fn smollm2_gguf_matches_transformers() {
     check_all(&common::smollm2_gguf(), "smollm2-135m", &SMOLLM2);
 }
 
+/// Gemma 3 as a GGUF file: the settings llama.cpp's metadata carries for it (sliding window,
+/// both rope bases, the attention scale and the local/global pattern), read into the same model
+/// as the HF folder, so it matches the same transformers reference.
+#[test]
+fn tiny_gemma3_as_gguf_matches_transformers() {
+    use candle_core::quantized::gguf_file::Value as V;
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::gguf::write_tiny(
+        &common::tiny_model("gemma3"),
+        "gemma3",
+        &[
+            ("gemma3.attention.key_length", Some(V::U32(8))),
+            ("gemma3.rope.freq_base", Some(V::F32(1e6))),
+            ("gemma3.rope.freq_base_swa", Some(V::F32(1e4))),
+            ("gemma3.attention.sliding_window", Some(V::U32(4))),
+            ("gemma3.attention.sliding_window_pattern", Some(V::U32(2))),
+            // query_pre_attn_scalar 16 (not head_dim 8).
+            ("gemma3.attention.scale", Some(V::F32(0.25))),
+        ],
+        dir.path(),
+    );
+    check_all(&path, "tiny-gemma3", &TINY);
+}
+
+/// A Gemma 3 GGUF whose metadata leaves a setting open is refused, naming it, instead of run
+/// with a guess: here the attention scale (2 layers is no published Gemma 3 size) and the rope
+/// base (llama.cpp and transformers default it differently).
+#[test]
+fn gemma3_gguf_missing_settings_is_refused_by_name() {
+    use candle_core::quantized::gguf_file::Value as V;
+    let dir = tempfile::tempdir().unwrap();
+    let base = [
+        ("gemma3.attention.key_length", Some(V::U32(8))),
+        ("gemma3.rope.freq_base", Some(V::F32(1e6))),
+        ("gemma3.attention.sliding_window", Some(V::U32(4))),
+        ("gemma3.attention.sliding_window_pattern", Some(V::U32(2))),
+    ];
+    let refused = |extra: &[(&str, Option<V>)]| {
+        let mut all = base.to_vec();
+        all.extend_from_slice(extra);
+        let path =
+            common::gguf::write_tiny(&common::tiny_model("gemma3"), "gemma3", &all, dir.path());
+        match checkpoint::load(&path, DType::F32, &Device::Cpu) {
+            Ok(_) => panic!("loaded a GGUF that does not determine its settings"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = refused(&[]);
+    assert!(
+        e.contains("gemma3.gguf")
+            && e.contains("attention scale")
+            && e.contains("query_pre_attn_scalar"),
+        "{e}"
+    );
+    let e = refused(&[
+        ("gemma3.attention.scale", Some(V::F32(0.25))),
+        ("gemma3.rope.freq_base", None),
+    ]);
+    assert!(e.contains("`gemma3.rope.freq_base`"), "{e}");
+    let e = refused(&[
+        ("gemma3.attention.scale", Some(V::F32(0.25))),
+        ("gemma3.attention.sliding_window", None),
+    ]);
+    assert!(e.contains("`gemma3.attention.sliding_window`"), "{e}");
+}
+
+/// Qwen2 as a GGUF file (q/k/v biases, untied output head).
+#[test]
+fn tiny_qwen2_as_gguf_matches_transformers() {
+    use candle_core::quantized::gguf_file::Value as V;
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::gguf::write_tiny(
+        &common::tiny_model("qwen2"),
+        "qwen2",
+        &[("qwen2.rope.freq_base", Some(V::F32(1e6)))],
+        dir.path(),
+    );
+    check_all(&path, "tiny-qwen2", &TINY);
+}
+
 /// The GGUF's own tokenizer metadata encodes exactly as the tokenizer.json converted from it.
 #[test]
 fn gguf_tokenizer_encodes_like_tokenizer_json() {
@@ -266,27 +352,46 @@ fn gguf_tokenizer_encodes_like_tokenizer_json() {
     }
 }
 
-/// bf16 runs the same model at lower precision: close to the float32 reference, not equal.
+/// bf16 against an independent bf16 reference: transformers' bfloat16 log-probabilities of the
+/// same prompts (`tests/fixtures/tiny-llama-bf16.json`, made once with the venv: torch 2.x,
+/// transformers 5.x, `dtype=torch.bfloat16` on CPU; see `tests/fixtures/README.md`). Two bf16
+/// implementations agree to within bf16's rounding (8 bits of mantissa, ~0.4% per value), far
+/// closer than either is to float32; and bf16 does differ from float32.
 #[test]
-fn tiny_llama_in_bf16_stays_close_to_transformers() {
+fn tiny_llama_in_bf16_matches_transformers_in_bf16() {
     let model = checkpoint::load(&common::tiny_model("llama"), DType::BF16, &Device::Cpu).unwrap();
-    let reference = common::reference("tiny-llama");
+    let f32_reference = common::reference("tiny-llama");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama-bf16.json");
+    let bf16_reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut engine = Engine::new(&model, EngineOptions::default());
-    let mut worst: f64 = 0.0;
-    for prompt in reference["prompts"].as_array().unwrap() {
-        let report = engine.inspect(prompt["text"].as_str().unwrap(), 5).unwrap();
-        for (i, want) in floats(&prompt["target_logprobs"]).iter().enumerate() {
-            worst = worst.max((report.tokens[i + 1].logprob.unwrap() - want).abs());
+    let (mut worst_bf16, mut worst_f32, mut sum, mut n) = (0f64, 0f64, 0f64, 0usize);
+    for (p16, p32) in bf16_reference["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(f32_reference["prompts"].as_array().unwrap())
+    {
+        let report = engine.inspect(p32["text"].as_str().unwrap(), 5).unwrap();
+        assert_eq!(report.ids, ids(&p16["input_ids"]));
+        let want16 = floats(&p16["target_logprobs"]);
+        let want32 = floats(&p32["target_logprobs"]);
+        for (i, (w16, w32)) in want16.iter().zip(&want32).enumerate() {
+            let got = report.tokens[i + 1].logprob.unwrap();
+            worst_bf16 = worst_bf16.max((got - w16).abs());
+            worst_f32 = worst_f32.max((got - w32).abs());
+            sum += (got - w16).abs();
+            n += 1;
         }
     }
+    let mean = sum / n as f64;
+    eprintln!("bf16 vs transformers bf16: worst {worst_bf16:.4}, mean {mean:.5}; vs float32: worst {worst_f32:.4}");
     assert!(
-        worst > 1e-6,
-        "bf16 should differ from float32 at all (got {worst})"
+        worst_f32 > 1e-3,
+        "bf16 must differ from float32 (worst {worst_f32})"
     );
-    assert!(
-        worst < 0.25,
-        "bf16 log-probs within 0.25 of float32 (worst {worst})"
-    );
+    assert!(worst_bf16 < TOLERANCE_BF16_WORST, "worst {worst_bf16}");
+    assert!(mean < TOLERANCE_BF16_MEAN, "mean {mean}");
 }
 
 /// A rolling log-likelihood scores every token given BOS (EOS when there is none) and all before

@@ -8,8 +8,12 @@ M="${DTM_CACHE:-$HOME/.cache/dtm}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 OUT=results/smollm2-135m-instruct
 
 "$H" score --model "$M" --data-dir ../shared/data \
-  --tasks arc_challenge,openbookqa,race,truthfulqa_mc1,mmlu,gsm8k,humaneval,mbpp \
+  --tasks arc_challenge,openbookqa,race,truthfulqa_mc1,mmlu,gsm8k \
   --limit 20 --max-new-tokens 256 --batch-size 16 --output "$OUT/limit20"
+
+"$H" score --model "$M" --data-dir ../shared/data \
+  --tasks humaneval,mbpp \
+  --limit 20 --max-new-tokens 256 --batch-size 16 --output "$OUT/limit20-code"
 
 "$H" score --model "$M" --data-dir ../shared/data \
   --tasks bbh --limit 2 --max-new-tokens 256 --batch-size 16 --output "$OUT/bbh-limit2"

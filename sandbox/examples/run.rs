@@ -6,7 +6,6 @@
 //! `-` reads the program from stdin.
 
 use std::io::Read;
-use std::time::Duration;
 
 use dtm_sandbox::{Limits, Sandbox, SandboxConfig};
 
@@ -20,8 +19,13 @@ fn main() {
                 let s: f64 = args
                     .next()
                     .and_then(|v| v.parse().ok())
-                    .expect("--timeout S");
-                limits.timeout = Duration::from_secs_f64(s);
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+                    .expect("--timeout S (seconds of protocol time, 0 < S <= 3600)");
+                let memory = limits.memory_bytes;
+                limits = Limits {
+                    memory_bytes: memory,
+                    ..Limits::for_protocol_seconds(s)
+                };
             }
             "--memory-mb" => {
                 let m: usize = args

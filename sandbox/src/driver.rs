@@ -108,12 +108,13 @@ pub(crate) fn fresh_nonce() -> String {
     hex::encode(b)
 }
 
-/// What the guest receives on stdin.
-pub(crate) fn stdin_payload(nonce: &str, program: &str) -> Vec<u8> {
+/// What the guest receives on stdin: the nonce line, then the program's bytes (which the driver
+/// compiles as bytes, so a coding declaration in the program is honoured).
+pub(crate) fn stdin_payload(nonce: &str, program: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(nonce.len() + 1 + program.len());
     v.extend_from_slice(nonce.as_bytes());
     v.push(b'\n');
-    v.extend_from_slice(program.as_bytes());
+    v.extend_from_slice(program);
     v
 }
 

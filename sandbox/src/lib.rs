@@ -4,8 +4,10 @@
 //! preview 1), inside wasmtime. The guest gets no capability we do not hand it: no
 //! network, no host file system (the standard library is embedded in the `.wasm`), an
 //! empty environment, a fixed argv, and stdin/stdout/stderr that are in-memory buffers.
-//! Wall-clock time (epoch interruption with a deadline callback), linear memory
-//! (a [`wasmtime::ResourceLimiter`]) and captured output are capped per run.
+//! Work (wasmtime fuel, calibrated so that a protocol's "3 s" means the same work on any
+//! machine), wall-clock time as a safety net (epoch interruption with a deadline callback),
+//! linear memory (a [`wasmtime::ResourceLimiter`]) and captured output are capped per run;
+//! the outcome says which limit ended a program.
 //!
 //! ```no_run
 //! use dtm_sandbox::{Limits, Sandbox, SandboxConfig, Status};
@@ -23,10 +25,11 @@
 mod capture;
 mod driver;
 
+use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasmtime::{
     Config, Engine, InstancePre, Linker, Module, ResourceLimiter, Store, StoreLimits,
-    StoreLimitsBuilder, UpdateDeadline,
+    StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
@@ -66,6 +69,22 @@ const MAX_WASM_STACK: usize = 4 << 20;
 /// Bytes of stdout kept from the end of the stream, to find the driver's record.
 const STDOUT_TAIL: usize = 16 << 10;
 
+/// Fuel (wasmtime's count of executed WebAssembly instructions, roughly) that one second of a
+/// protocol's time limit buys. Calibrated on the reference workload of
+/// `examples/calibrate_fuel.rs` (the 164 canonical HumanEval programs, interpreter start-up
+/// included) on the 2-core reference machine of `README.md`: the fuel a program burns per
+/// second of wall time when it has a core to itself. A protocol's "3 s per program" is
+/// thus 3 × this much work wherever it runs, however loaded the machine is.
+pub const FUEL_PER_SECOND: u64 = 8_700_000_000;
+
+/// The seed of the guest's random source. Every run starts from it, so a program's behaviour
+/// (Python's hash seed, the `random` module, hence the fuel it burns) is the same every time.
+const GUEST_SEED: u64 = 0x00d7_5eed;
+
+/// The wall-clock safety net, as a multiple of the protocol's limit: a program that burns no
+/// fuel (blocked in `time.sleep`) or a machine far slower than the reference one still ends.
+pub const WALL_FACTOR: u32 = 10;
+
 /// Errors setting a [`Sandbox`] up. Running a program never fails: see [`Outcome`].
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -83,8 +102,7 @@ pub enum SandboxError {
     },
     /// The interpreter file is not the pinned one.
     #[error(
-        "{}: sha256 {actual} does not match the pinned {PYTHON_WASM_SHA256}; re-run {FETCH_SCRIPT} \
-         (or set SandboxConfig::allow_unpinned_wasm to use another build on purpose)",
+        "{}: sha256 {actual} does not match the pinned {PYTHON_WASM_SHA256}; re-run {FETCH_SCRIPT} to install the pinned interpreter",
         path.display()
     )]
     WasmHashMismatch {
@@ -126,7 +144,11 @@ pub struct SandboxConfig {
 /// Per-run limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Wall-clock limit for the whole run, interpreter start-up included. Default 3 s.
+    /// Work budget in fuel units (see [`FUEL_PER_SECOND`]), interpreter start-up included;
+    /// `None`: unmetered. Default: 3 s worth.
+    pub fuel: Option<u64>,
+    /// Wall-clock limit for the whole run, interpreter start-up included. Default 30 s, the
+    /// safety net behind the default fuel budget.
     pub timeout: Duration,
     /// Cap on the guest's linear memory, in bytes. Default 512 MiB.
     pub memory_bytes: usize,
@@ -138,11 +160,43 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        Limits::for_protocol_seconds(3.0)
+    }
+}
+
+impl Limits {
+    /// The limits that stand for a protocol's "`seconds` per program": `seconds` ×
+    /// [`FUEL_PER_SECOND`] of work, and [`WALL_FACTOR`] × `seconds` of wall time as a safety
+    /// net; default memory and output caps. `seconds` must be positive and finite.
+    pub fn for_protocol_seconds(seconds: f64) -> Limits {
         Limits {
-            timeout: Duration::from_secs(3),
+            fuel: Some((seconds * FUEL_PER_SECOND as f64) as u64),
+            timeout: Duration::from_secs_f64(seconds * f64::from(WALL_FACTOR)),
             memory_bytes: 512 << 20,
             stdout_cap: 1 << 20,
             stderr_cap: 1 << 20,
+        }
+    }
+}
+
+/// The limit that ended a run. Serialises as the lowercase names shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    /// `"fuel"`: the run used up its work budget.
+    Fuel,
+    /// `"wall"`: the wall-clock safety net.
+    Wall,
+    /// `"memory"`: the memory cap refused an allocation.
+    Memory,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Fuel => "fuel",
+            Limit::Wall => "wall",
+            Limit::Memory => "memory",
         }
     }
 }
@@ -156,7 +210,7 @@ pub enum Status {
     /// `"failed"`: an uncaught exception (`SystemExit` included), a non-zero exit status,
     /// or an exit before the program's end (e.g. `os._exit(0)`).
     Failed,
-    /// `"timed_out"`: the wall-clock limit was reached.
+    /// `"timed_out"`: the work budget (fuel) or the wall-clock limit was reached.
     TimedOut,
     /// `"memory_exceeded"`: the memory cap refused an allocation (or Python raised
     /// `MemoryError`) and the program did not pass.
@@ -186,18 +240,22 @@ impl std::fmt::Display for Status {
 }
 
 /// The result of one run. Serialises to
-/// `{"status", "stdout", "stderr", "millis", "stdout_truncated", "stderr_truncated",
-/// "exit_code", "error_type", "error_message"}`.
+/// `{"status", "limit", "stdout", "stderr", "millis", "fuel_used", "stdout_truncated",
+/// "stderr_truncated", "exit_code", "error_type", "error_message"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     /// How the run ended.
     pub status: Status,
+    /// The limit that ended it, if one did.
+    pub limit: Option<Limit>,
     /// The program's stdout (its first `Limits::stdout_cap` bytes, lossily UTF-8).
     pub stdout: String,
     /// The program's stderr (its last `Limits::stderr_cap` bytes, lossily UTF-8).
     pub stderr: String,
     /// Wall-clock time of the run, instantiation included, in milliseconds.
     pub millis: u64,
+    /// Fuel the run burnt (see [`FUEL_PER_SECOND`]); `None` when it never started.
+    pub fuel_used: Option<u64>,
     /// `stdout` holds less than the program wrote.
     pub stdout_truncated: bool,
     /// `stderr` holds less than the program wrote.
@@ -205,7 +263,8 @@ pub struct Outcome {
     /// The guest's exit status, when it exited (not for time-outs or traps).
     pub exit_code: Option<i32>,
     /// Exception type name (`"AssertionError"`, `"SystemExit"`, ...), or a host-side label
-    /// (`"EarlyExit"`, `"Exit"`, `"Trap"`, `"TimedOut"`, `"HostError"`). `None` on a pass.
+    /// (`"EarlyExit"`, `"Exit"`, `"Trap"`, `"OutOfFuel"`, `"TimedOut"`, `"HostError"`). `None`
+    /// on a pass.
     pub error_type: Option<String>,
     /// Exception message or a description of what happened. `None` on a pass.
     pub error_message: Option<String>,
@@ -220,9 +279,11 @@ impl Outcome {
     fn host_error(message: String, started: Instant) -> Outcome {
         Outcome {
             status: Status::Crashed,
+            limit: None,
             stdout: String::new(),
             stderr: String::new(),
             millis: started.elapsed().as_millis() as u64,
+            fuel_used: None,
             stdout_truncated: false,
             stderr_truncated: false,
             exit_code: None,
@@ -363,6 +424,8 @@ pub struct Sandbox {
     pre: InstancePre<Guest>,
     driver: String,
     wasm_path: PathBuf,
+    /// Worker pools of `run_many`, by size, built once and reused.
+    pools: Mutex<Vec<(usize, Arc<rayon::ThreadPool>)>>,
     // Declared last: stops the ticker after everything else is dropped.
     _ticker: Ticker,
 }
@@ -398,6 +461,7 @@ impl Sandbox {
             pre,
             driver: driver::driver_source(),
             wasm_path,
+            pools: Mutex::new(Vec::new()),
             _ticker: Ticker::start(engine),
         })
     }
@@ -410,6 +474,12 @@ impl Sandbox {
     /// Runs one program in a fresh instance under `limits`. Never panics or errors: every
     /// way a run can end, host-side failures included, is an [`Outcome`].
     pub fn run(&self, program: &str, limits: &Limits) -> Outcome {
+        self.run_source(program.as_bytes(), limits)
+    }
+
+    /// [`Sandbox::run`] for a program given as bytes, as a `.py` file holds it: Python decodes
+    /// it, honouring a `# -*- coding: ... -*-` declaration.
+    pub fn run_source(&self, program: &[u8], limits: &Limits) -> Outcome {
         let started = Instant::now();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.run_inner(program, limits, started)
@@ -439,25 +509,38 @@ impl Sandbox {
         } else {
             jobs
         };
-        match rayon::ThreadPoolBuilder::new()
-            .num_threads(jobs)
-            .thread_name(|i| format!("dtm-sandbox-{i}"))
-            .build()
-        {
-            Ok(pool) => pool.install(|| {
+        match self.pool(jobs) {
+            Some(pool) => pool.install(|| {
                 programs
                     .par_iter()
                     .map(|p| self.run(p.as_ref(), limits))
                     .collect()
             }),
-            Err(_) => programs
+            None => programs
                 .iter()
                 .map(|p| self.run(p.as_ref(), limits))
                 .collect(),
         }
     }
 
-    fn run_inner(&self, program: &str, limits: &Limits, started: Instant) -> Outcome {
+    /// The worker pool of `jobs` threads, built on first use and kept (its threads keep their
+    /// async runtimes between programs).
+    fn pool(&self, jobs: usize) -> Option<Arc<rayon::ThreadPool>> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, pool)) = pools.iter().find(|(n, _)| *n == jobs) {
+            return Some(pool.clone());
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs)
+            .thread_name(|i| format!("dtm-sandbox-{i}"))
+            .build()
+            .ok()?;
+        let pool = Arc::new(pool);
+        pools.push((jobs, pool.clone()));
+        Some(pool)
+    }
+
+    fn run_inner(&self, program: &[u8], limits: &Limits, started: Instant) -> Outcome {
         let nonce = driver::fresh_nonce();
         let stdout = Capture::new(limits.stdout_cap, STDOUT_TAIL);
         let stderr = Capture::new(0, limits.stderr_cap);
@@ -472,7 +555,16 @@ impl Sandbox {
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            .secure_random(
+                <rand_guest::rngs::StdRng as rand_guest::SeedableRng>::seed_from_u64(GUEST_SEED),
+            )
+            .insecure_random(
+                <rand_guest::rngs::StdRng as rand_guest::SeedableRng>::seed_from_u64(
+                    GUEST_SEED + 1,
+                ),
+            )
+            .insecure_random_seed(u128::from(GUEST_SEED));
         let guest = Guest {
             wasi: b.build_p1(),
             limiter: Limiter {
@@ -485,6 +577,10 @@ impl Sandbox {
         };
         let mut store = Store::new(self.pre.module().engine(), guest);
         store.limiter(|g| &mut g.limiter);
+        let fuel = limits.fuel.unwrap_or(u64::MAX);
+        if let Err(e) = store.set_fuel(fuel) {
+            return Outcome::host_error(format!("setting fuel: {e}"), started);
+        }
 
         let deadline = started + limits.timeout;
         let fired = Arc::new(AtomicBool::new(false));
@@ -499,26 +595,25 @@ impl Sandbox {
             }
         });
 
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => return Outcome::host_error(format!("tokio runtime: {e}"), started),
-        };
         // The epoch callback stops wasm code at the deadline; the tokio timeout stops
         // host calls that block (e.g. `time.sleep` lands in `poll_oneoff`).
-        let result = rt.block_on(async {
-            let run = async {
-                let instance = self.pre.instantiate_async(&mut store).await?;
-                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                start.call_async(&mut store, ()).await
-            };
-            tokio::time::timeout_at(deadline.into(), run).await
+        let result = with_runtime(|rt| {
+            rt.block_on(async {
+                let run = async {
+                    let instance = self.pre.instantiate_async(&mut store).await?;
+                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    start.call_async(&mut store, ()).await
+                };
+                tokio::time::timeout_at(deadline.into(), run).await
+            })
         });
-        drop(rt);
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => return Outcome::host_error(format!("tokio runtime: {e}"), started),
+        };
 
         let memory_refused = store.data().limiter.refused;
+        let fuel_used = store.get_fuel().ok().map(|left| fuel - left);
         drop(store);
 
         let out = stdout.finish();
@@ -529,6 +624,8 @@ impl Sandbox {
             Ok(Err(e)) => {
                 if let Some(exit) = e.downcast_ref::<I32Exit>() {
                     (Ended::Exit, Some(exit.0))
+                } else if e.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+                    (Ended::OutOfFuel, None)
                 } else if fired.load(Ordering::Relaxed) || e.is::<DeadlineReached>() {
                     (Ended::TimedOut, None)
                 } else {
@@ -542,7 +639,7 @@ impl Sandbox {
         } else {
             ended
         };
-        classify(
+        let mut outcome = classify(
             ended,
             exit_code,
             memory_refused,
@@ -551,12 +648,35 @@ impl Sandbox {
             &nonce,
             limits,
             started,
-        )
+        );
+        outcome.fuel_used = fuel_used;
+        outcome
     }
+}
+
+thread_local! {
+    /// Each worker thread's async runtime, built on its first program and reused after.
+    static RUNTIME: RefCell<Option<tokio::runtime::Runtime>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's runtime (a current-thread runtime with timers).
+fn with_runtime<R>(f: impl FnOnce(&tokio::runtime::Runtime) -> R) -> std::io::Result<R> {
+    RUNTIME.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()?,
+            );
+        }
+        Ok(f(slot.as_ref().expect("built above")))
+    })
 }
 
 enum Ended {
     Exit,
+    OutOfFuel,
     TimedOut,
     Trap(String),
 }
@@ -587,6 +707,15 @@ fn classify(
     let stderr = String::from_utf8_lossy(&err.tail).into_owned();
 
     let (mut status, error_type, error_message) = match (&ended, exit_code, record) {
+        (Ended::OutOfFuel, _, _) => (
+            Status::TimedOut,
+            Some("OutOfFuel".to_string()),
+            Some(format!(
+                "used up its work budget of {} fuel units ({:.3} s of the protocol's time)",
+                limits.fuel.unwrap_or(u64::MAX),
+                limits.fuel.unwrap_or(u64::MAX) as f64 / FUEL_PER_SECOND as f64
+            )),
+        ),
         (Ended::TimedOut, _, _) => (
             Status::TimedOut,
             Some("TimedOut".to_string()),
@@ -625,11 +754,19 @@ fn classify(
     if memory_refused && matches!(status, Status::Failed | Status::Crashed) {
         status = Status::MemoryExceeded;
     }
+    let limit = match (&ended, status) {
+        (Ended::OutOfFuel, _) => Some(Limit::Fuel),
+        (Ended::TimedOut, _) => Some(Limit::Wall),
+        (_, Status::MemoryExceeded) => Some(Limit::Memory),
+        _ => None,
+    };
     Outcome {
         status,
+        limit,
         stdout: String::from_utf8_lossy(&stdout_bytes).into_owned(),
         stderr,
         millis: started.elapsed().as_millis() as u64,
+        fuel_used: None,
         stdout_truncated,
         stderr_truncated,
         exit_code,
@@ -660,6 +797,7 @@ fn last_exception_line(stderr: &str) -> Option<(String, String)> {
 fn engine_config() -> Config {
     let mut c = Config::new();
     c.epoch_interruption(true);
+    c.consume_fuel(true);
     c.max_wasm_stack(MAX_WASM_STACK);
     c.async_stack_size(MAX_WASM_STACK + (1 << 20));
     c.cranelift_opt_level(wasmtime::OptLevel::Speed);
@@ -776,6 +914,31 @@ mod tests {
         );
         assert_eq!(last_exception_line("just some words\n"), None);
         assert_eq!(last_exception_line(""), None);
+    }
+
+    #[test]
+    fn a_thread_keeps_its_async_runtime_between_programs() {
+        let a = with_runtime(|rt| rt as *const _ as usize).unwrap();
+        let b = with_runtime(|rt| rt as *const _ as usize).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn run_many_reuses_one_pool_per_size() {
+        let s = Sandbox::new(SandboxConfig::default())
+            .unwrap_or_else(|e| panic!("this test needs the interpreter: {e}"));
+        let (a, b, c) = (s.pool(2).unwrap(), s.pool(2).unwrap(), s.pool(3).unwrap());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        let names = a.install(|| {
+            (0..4)
+                .into_par_iter()
+                .map(|_| std::thread::current().name().map(str::to_owned))
+                .collect::<Vec<_>>()
+        });
+        assert!(names
+            .iter()
+            .all(|n| n.as_deref().is_some_and(|n| n.starts_with("dtm-sandbox-"))));
     }
 
     #[test]

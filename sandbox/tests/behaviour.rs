@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{expect, run, run_with, sandbox};
-use dtm_sandbox::{Limits, Sandbox, SandboxConfig, SandboxError, Status};
+use dtm_sandbox::{Limit, Limits, Sandbox, SandboxConfig, SandboxError, Status, FUEL_PER_SECOND};
 
 #[test]
 fn pass_captures_stdout_and_stderr() {
@@ -156,6 +156,8 @@ fn outcome_json_shape() {
     assert_eq!(v["stdout"], "hi\n");
     assert_eq!(v["stderr"], "");
     assert!(v["millis"].is_u64());
+    assert!(v["fuel_used"].is_u64());
+    assert!(v["limit"].is_null());
     let o = run_with(
         "while True: pass",
         &Limits {
@@ -163,7 +165,9 @@ fn outcome_json_shape() {
             ..Limits::default()
         },
     );
-    assert_eq!(serde_json::to_value(&o).unwrap()["status"], "timed_out");
+    let v = serde_json::to_value(&o).unwrap();
+    assert_eq!(v["status"], "timed_out");
+    assert_eq!(v["limit"], "wall");
 }
 
 #[test]
@@ -197,6 +201,12 @@ fn unpinned_interpreter_is_refused() {
         matches!(err, SandboxError::WasmHashMismatch { .. }),
         "{err}"
     );
+    // The message tells a user what to run, not a Rust API to call (issue #10, point 8).
+    let msg = err.to_string();
+    assert!(
+        msg.contains("re-run") && !msg.contains("allow_unpinned_wasm"),
+        "{msg}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -212,13 +222,116 @@ fn compiled_module_is_cached() {
             n.starts_with("python-3.12.0-e5dc5a398b07b54e-wasmtime48-") && n.ends_with(".cwasm")
         })
         .collect();
-    // Only when the wasm lives in the cache dir (the default set-up) is the artefact next
-    // to it.
-    if std::env::var_os("DTM_PYTHON_WASM").is_none() {
-        assert!(
-            !cached.is_empty(),
-            "no compiled module cached in {}",
-            dir.display()
-        );
+    let _ = cached;
+    // The artefact goes to the cache directory (where the interpreter itself may or may not
+    // be: DTM_PYTHON_WASM can point elsewhere), and this test's sandbox used the default one.
+    let cache = dtm_sandbox::default_cache_dir();
+    let artefacts: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with("python-3.12.0-e5dc5a398b07b54e-wasmtime48-") && n.ends_with(".cwasm")
+        })
+        .collect();
+    assert!(
+        !artefacts.is_empty(),
+        "no compiled module cached in {} (interpreter at {})",
+        cache.display(),
+        s.wasm_path().display()
+    );
+    let _ = dir;
+}
+
+fn unmetered() -> Limits {
+    Limits {
+        fuel: None,
+        timeout: Duration::from_secs(120),
+        ..Limits::default()
     }
+}
+
+/// Fuel counts work, not time: the same program burns the same fuel on every run, however
+/// loaded the machine; a budget just above that passes it and one just below ends it by fuel,
+/// with a wall-clock limit far away.
+#[test]
+fn fuel_is_a_deterministic_work_budget() {
+    let program = "s = 0\nfor i in range(300000):\n    s += i % 7\nprint(s)";
+    let runs: Vec<_> = (0..3).map(|_| run_with(program, &unmetered())).collect();
+    for o in &runs {
+        expect(o, Status::Passed);
+        assert_eq!(o.limit, None);
+    }
+    let used = runs[0].fuel_used.expect("fuel is metered");
+    assert!(
+        runs.iter().all(|o| o.fuel_used == Some(used)),
+        "{:?}",
+        runs.iter().map(|o| o.fuel_used).collect::<Vec<_>>()
+    );
+    let budget = |fuel: u64| Limits {
+        fuel: Some(fuel),
+        ..unmetered()
+    };
+    let o = run_with(program, &budget(used + used / 100));
+    expect(&o, Status::Passed);
+    let o = run_with(program, &budget(used - used / 10));
+    expect(&o, Status::TimedOut);
+    assert_eq!(o.limit, Some(Limit::Fuel), "{o:#?}");
+    assert_eq!(o.error_type.as_deref(), Some("OutOfFuel"));
+    assert!(
+        o.millis < 60_000,
+        "ended by fuel, not the wall clock: {o:#?}"
+    );
+}
+
+/// A protocol's "N seconds" is N seconds' worth of fuel, with ten times N of wall time behind it.
+#[test]
+fn protocol_seconds_map_to_fuel_and_a_wall_clock_net() {
+    let l = Limits::for_protocol_seconds(3.0);
+    assert_eq!(l.fuel, Some(3 * FUEL_PER_SECOND));
+    assert_eq!(l.timeout, Duration::from_secs(30));
+    assert_eq!(Limits::default(), l);
+    // A busy loop ends by fuel, after about that much CPU; the limit says so.
+    let o = run_with("while True:\n    pass", &Limits::for_protocol_seconds(0.2));
+    expect(&o, Status::TimedOut);
+    assert_eq!(o.limit, Some(Limit::Fuel), "{o:#?}");
+    assert!(o.fuel_used.unwrap() >= FUEL_PER_SECOND / 5);
+}
+
+/// Blocked in the host (`time.sleep`), a program burns no fuel: the wall clock ends it, and the
+/// outcome says which limit did.
+#[test]
+fn the_wall_clock_ends_programs_that_burn_no_fuel() {
+    let o = run_with(
+        "import time\ntime.sleep(100)",
+        &Limits::for_protocol_seconds(0.1),
+    );
+    expect(&o, Status::TimedOut);
+    assert_eq!(o.limit, Some(Limit::Wall), "{o:#?}");
+    assert!(o.millis < 5_000, "{o:#?}");
+    let o = run_with("x = bytearray(600 * 1024**2)", &Limits::default());
+    expect(&o, Status::MemoryExceeded);
+    assert_eq!(o.limit, Some(Limit::Memory), "{o:#?}");
+}
+
+/// Every run starts from the same random seed: `random` and hash order repeat.
+#[test]
+fn runs_are_reproducible() {
+    let program = "import random\nprint(random.random(), hash('dtm'), list({'a', 'b', 'c', 'd'}))";
+    let a = run(program);
+    let b = run(program);
+    expect(&a, Status::Passed);
+    assert_eq!(a.stdout, b.stdout);
+}
+
+/// A program's bytes are decoded by Python, honouring its coding declaration.
+#[test]
+fn source_bytes_honour_the_coding_declaration() {
+    let mut program = b"# -*- coding: latin-1 -*-\ns = '".to_vec();
+    program.push(0xe9); // é in Latin-1, not valid UTF-8
+    program.extend_from_slice(b"'\nassert s == '\\u00e9', ascii(s)\nprint(len(s))\n");
+    assert!(std::str::from_utf8(&program).is_err());
+    let o = sandbox().run_source(&program, &Limits::default());
+    expect(&o, Status::Passed);
+    assert_eq!(o.stdout, "1\n");
 }

@@ -1,22 +1,17 @@
 //! Reference solutions of HumanEval and MBPP run through the sandbox.
 //!
-//! Time limit here is 10 s rather than the 3 s default: these tests check correctness of
-//! the interpreter and the driver, not speed, and must not flake on a loaded machine.
+//! Time limit here is 10 s of protocol time rather than the 3 s default: these tests check
+//! correctness of the interpreter and the driver, not speed.
 
 mod common;
 
-use std::time::Duration;
-
 use common::{humaneval, mbpp_test_split, sandbox};
-use dtm_sandbox::{Limits, Status};
+use dtm_sandbox::{Limit, Limits, Status};
 
 const JOBS: usize = 2;
 
 fn limits() -> Limits {
-    Limits {
-        timeout: Duration::from_secs(10),
-        ..Limits::default()
-    }
+    Limits::for_protocol_seconds(10.0)
 }
 
 #[test]
@@ -76,13 +71,14 @@ const MBPP_NATIVE_FAILURES: &[(u64, &str)] = &[(
     "test_setup_code builds a tree with Node(...) before `code` defines class Node: NameError",
 )];
 
-/// MBPP test-split items that pass, but need far more than the usual time limit. They are
-/// re-run with [`SLOW_LIMIT`] and must pass then. See sandbox/README.md.
+/// MBPP test-split items that pass, but need far more than the usual time limit. They run out
+/// of fuel (deterministically, on any machine), then are re-run with [`SLOW_LIMIT`] seconds of
+/// protocol time and must pass then. See sandbox/README.md.
 const MBPP_SLOW: &[(u64, &str)] = &[(
     123,
-    "amicable_numbers_sum(9999) is O(n^2) trial division: ~5 s in native CPython, ~40 s here",
+    "amicable_numbers_sum(9999) is O(n^2) trial division: ~5 s in native CPython, ~23 s of fuel here",
 )];
-const SLOW_LIMIT: Duration = Duration::from_secs(120);
+const SLOW_LIMIT: f64 = 60.0;
 
 #[test]
 fn mbpp_reference_solutions_pass() {
@@ -97,6 +93,7 @@ fn mbpp_reference_solutions_pass() {
         let known = MBPP_NATIVE_FAILURES.iter().any(|(k, _)| k == id);
         if MBPP_SLOW.iter().any(|(k, _)| k == id) {
             assert_eq!(o.status, Status::TimedOut, "{id} is listed as slow: {o:#?}");
+            assert_eq!(o.limit, Some(Limit::Fuel), "{id}: {o:#?}");
             slow.push((*id, program.as_str()));
             continue;
         }
@@ -117,12 +114,9 @@ fn mbpp_reference_solutions_pass() {
     );
     assert_eq!(expected_failures.len(), MBPP_NATIVE_FAILURES.len());
     assert_eq!(slow.len(), MBPP_SLOW.len());
-    let long = Limits {
-        timeout: SLOW_LIMIT,
-        ..limits()
-    };
+    let long = Limits::for_protocol_seconds(SLOW_LIMIT);
     let programs: Vec<&str> = slow.iter().map(|(_, p)| *p).collect();
     for ((id, _), o) in slow.iter().zip(sandbox().run_many(&programs, &long, JOBS)) {
-        assert_eq!(o.status, Status::Passed, "{id} with {SLOW_LIMIT:?}: {o:#?}");
+        assert_eq!(o.status, Status::Passed, "{id} with {SLOW_LIMIT} s: {o:#?}");
     }
 }

@@ -100,7 +100,10 @@ fn score_records_every_member_and_resumes_only_with_the_same_ensemble() {
         (vec![&llama], vec![]),
     ] {
         let err = failed(&score_with(&models, &out, &extra));
-        assert!(err.contains("holds a run with other settings"), "{err}");
+        assert!(
+            err.contains("holds a run done with other settings or inputs: ensemble"),
+            "{err}"
+        );
     }
 
     // The members' own scores differ from the ensemble's.

@@ -197,12 +197,10 @@ fn table1_tiny_end_to_end_resumes_and_recomputes_only_what_changed() {
         .flatten()
         .map(|e| e.path())
         .find(|p| {
-            p.file_name().unwrap().to_string_lossy().starts_with("dtm-")
-                && !p
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("dtm-ties")
+            // `dtm-<key>`, not `dtm-ties-<key>`, `dtm-fisher-<key>`, ...
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.strip_prefix("dtm-")
+                .is_some_and(|key| key.chars().all(|c| c.is_ascii_hexdigit()))
         })
         .unwrap();
     std::fs::remove_dir_all(&merge_dir).unwrap();

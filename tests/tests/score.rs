@@ -14,6 +14,20 @@ fn ok(o: &std::process::Output) {
     assert!(o.status.success(), "harness failed:\n{}", stderr(o));
 }
 
+/// Mean and sample standard error (sd / sqrt(n)) of one metric over a task's samples.
+fn mean_and_stderr(samples: &[serde_json::Value], task: &str, metric: &str) -> (f64, f64) {
+    let xs: Vec<f64> = samples
+        .iter()
+        .filter(|s| s["task"] == task)
+        .map(|s| s["metrics"][metric].as_f64().unwrap())
+        .collect();
+    let n = xs.len() as f64;
+    assert!(n >= 2.0, "{task}: {n} samples");
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
 #[test]
 fn score_writes_the_documented_files_and_is_deterministic() {
     let model = tiny_model("llama");
@@ -32,10 +46,27 @@ fn score_writes_the_documented_files_and_is_deterministic() {
     let results = read_json(&a.join("results.json"));
     let arc = &results["tasks"]["arc_challenge"];
     assert_eq!(arc["n_items"], 2);
-    let acc = arc["metrics"]["acc"]["value"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&acc));
-    assert!(arc["metrics"]["acc"]["stderr"].is_number());
-    assert!(arc["metrics"]["acc_norm"]["value"].is_number());
+    // Each metric is the mean of the per-item values in samples.jsonl, with the sample
+    // standard error: recomputed here, they must agree exactly.
+    let samples = read_samples(&a);
+    for (task, metric) in [
+        ("arc_challenge", "acc"),
+        ("arc_challenge", "acc_norm"),
+        ("mmlu:anatomy", "acc"),
+        ("gsm8k", "exact_match_strict"),
+        ("humaneval", "pass@1"),
+    ] {
+        let (mean, stderr) = mean_and_stderr(&samples, task, metric);
+        let m = &results["tasks"][task]["metrics"][metric];
+        assert!(
+            (m["value"].as_f64().unwrap() - mean).abs() < 1e-12,
+            "{task} {metric}: {m} vs {mean}"
+        );
+        assert!(
+            (m["stderr"].as_f64().unwrap() - stderr).abs() < 1e-12,
+            "{task} {metric}: {m} vs {stderr}"
+        );
+    }
     assert_eq!(arc["protocol"]["num_fewshot"], 0);
     assert_eq!(arc["plugin"]["name"], "arc_challenge");
     assert!(arc["plugin"]["version"].is_string());
@@ -52,7 +83,6 @@ fn score_writes_the_documented_files_and_is_deterministic() {
     assert_eq!(results["model"]["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(results["options"]["limit"], 2);
 
-    let samples = read_samples(&a);
     assert_eq!(samples.len(), 8);
     for s in &samples {
         for key in [
@@ -146,7 +176,14 @@ fn a_killed_run_resumes_without_losing_or_recomputing_items() {
     let chunks = killed.join(".progress/mmlu");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let saved = std::fs::read_dir(&chunks).map(|d| d.count()).unwrap_or(0);
+        // Chunk files only: a temporary file of a chunk being written is not a saved chunk.
+        let saved = std::fs::read_dir(&chunks)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+                    .count()
+            })
+            .unwrap_or(0);
         if saved >= 20 {
             break;
         }
@@ -347,6 +384,7 @@ fn smollm2_scores_every_benchmark() {
     );
     ok(&o);
     let results = read_json(&out.path().join("results.json"));
+    let samples = read_samples(out.path());
     for task in tasks.split(',') {
         let t = &results["tasks"][task];
         assert_eq!(t["n_items"], 2, "{task}");
@@ -354,9 +392,9 @@ fn smollm2_scores_every_benchmark() {
         let v = t["metrics"][headline]["value"]
             .as_f64()
             .unwrap_or_else(|| panic!("{task}: {headline} unavailable"));
-        assert!((0.0..=1.0).contains(&v), "{task}");
+        let (mean, _) = mean_and_stderr(&samples, task, headline);
+        assert!((v - mean).abs() < 1e-12, "{task}: {v} vs {mean}");
     }
-    let samples = read_samples(out.path());
     let gsm: Vec<_> = samples.iter().filter(|s| s["task"] == "gsm8k").collect();
     for s in gsm {
         let text = s["responses"][0].as_str().unwrap();

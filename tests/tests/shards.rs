@@ -110,6 +110,27 @@ fn joined_shards_are_the_unsharded_run() {
         );
     }
     assert_eq!(computed_results(&full), computed_results(&joined));
+    // The joined folder is the unsharded run's folder: the same run and task identities, and
+    // the unsharded command finds every item done there.
+    let identity = |dir: &Path, file: &str| read_json(&dir.join(".progress").join(file));
+    assert_eq!(identity(&full, "run.json"), identity(&joined, "run.json"));
+    assert!(identity(&shards[0], "run.json")["shard"] == "1/3");
+    for task in ["mmlu", "arc_challenge", "gsm8k", "truthfulqa_mc1"] {
+        let file = format!("{task}/task.json");
+        assert_eq!(identity(&full, &file), identity(&joined, &file), "{task}");
+    }
+    let before = std::fs::read(joined.join("samples.jsonl")).unwrap();
+    ok(&score(&model, &joined, &args));
+    assert_eq!(std::fs::read(joined.join("samples.jsonl")).unwrap(), before);
+    for (task, t) in read_json(&joined.join("results.json"))["tasks"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(t["items_computed"], 0, "{task}: nothing left to compute");
+    }
+    // Merging again into the same folder rewrites the joined tasks: the same files.
+    ok(&merge(&[&shards[0], &shards[1], &shards[2]], &joined));
+    assert_eq!(std::fs::read(joined.join("samples.jsonl")).unwrap(), before);
     let arc: Vec<u64> = doc_ids(&full, "arc_challenge").into_iter().collect();
     assert_eq!(arc, vec![0, 2, 3, 5, 6], "the item list is what is scored");
 
@@ -227,17 +248,55 @@ fn merge_shards_refuses_what_is_not_one_whole_run() {
     let err = failed(&merge(&[&s1], &out));
     assert!(err.contains("shards 2/2 are missing"), "{err}");
     let err = failed(&merge(&[&s1, &s2, &s2], &out));
+    assert!(err.contains("named twice"), "{err}");
+    let copy = dir.path().join("s2-copy");
+    copy_dir(&s2, &copy);
+    let err = failed(&merge(&[&s1, &s2, &copy], &out));
     assert!(err.contains("are both shard 2/2"), "{err}");
+    // Run identities that differ are refused, naming the folder and the field.
     let err = failed(&merge(&[&s1, &other], &out));
     assert!(
-        err.contains("different settings") && err.contains("max_new_tokens"),
+        err.contains("different settings")
+            && err.contains(other.to_str().unwrap())
+            && err.contains("max_new_tokens (none, now 5)"),
         "{err}"
     );
     let err = failed(&merge(&[&s1, &whole], &out));
     assert!(err.contains("not a shard"), "{err}");
+    // A task scored from other data in one shard (its recorded identity differs): refused,
+    // naming the shard and the data file.
+    let task_json = copy.join(".progress/arc_challenge/task.json");
+    let mut identity = read_json(&task_json);
+    let data = identity["data_files"].as_object_mut().unwrap();
+    let file = data.keys().next().unwrap().clone();
+    data.insert(file.clone(), "0".repeat(64).into());
+    std::fs::write(&task_json, identity.to_string()).unwrap();
+    let err = failed(&merge(&[&s1, &copy], &out));
+    assert!(
+        err.contains(copy.to_str().unwrap()) && err.contains(&format!("data_files.{file}")),
+        "{err}"
+    );
+    // A shard another harness is still writing (its lock held) is refused.
+    let lock = std::fs::File::open(s2.join(".progress/lock")).unwrap();
+    lock.try_lock().unwrap();
+    let err = failed(&merge(&[&s1, &s2], &out));
+    assert!(err.contains("in use by another harness run"), "{err}");
+    drop(lock);
     assert!(!out.exists(), "nothing written on refusal");
     ok(&merge(&[&s2, &s1], &out));
     assert_eq!(read_samples(&out), read_samples(&whole));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }
 
 /// `--plan` counts, without the model's weights, the tokens `harness score` then requests, and a

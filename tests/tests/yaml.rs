@@ -112,6 +112,12 @@ fn a_yaml_task_scores_through_the_engine_reports_and_resume() {
     let again = read_json(&out.path().join("results.json"));
     assert_eq!(again["tasks"]["sums"]["items_computed"], 0);
     assert_eq!(again["tasks"]["sums"]["metrics"], t["metrics"]);
+
+    // A task reached through its tag and by its name is scored once (no duplicate rows).
+    let mut both = args.to_vec();
+    both[3] = "arith,sums";
+    ok(&score(&tiny_model("llama"), out.path(), &both));
+    assert_eq!(read_samples(out.path()).len(), 6);
 }
 
 #[test]
@@ -202,4 +208,90 @@ fn list_shows_yaml_tasks_and_works_without_data() {
     );
     let gsm = text.lines().find(|l| l.starts_with("gsm8k ")).unwrap();
     assert!(gsm.contains("no data"), "{gsm}");
+}
+
+/// A YAML task's identity in the output folder covers its own file, every file it includes and
+/// its data: after any of them changes, the same command is refused, naming what changed, and
+/// nothing is recomputed from stale work.
+#[test]
+fn resume_refuses_a_changed_task_file_include_or_data() {
+    let tasks = tempfile::tempdir().unwrap();
+    let base = tasks.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    write(
+        tasks.path(),
+        "d.jsonl",
+        "{\"q\": \"What is the capital of France?\", \"choices\": [\"Lyon\", \"Paris\"], \"a\": 1}\n\
+         {\"q\": \"What is the capital of Japan?\", \"choices\": [\"Tokyo\", \"Osaka\"], \"a\": 0}\n",
+    );
+    // Data paths are relative to the file that names them: the fragment's `../d.jsonl` is
+    // `tasks/d.jsonl`.
+    let common = "dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: ../d.jsonl\n\
+                  test_split: test\noutput_type: multiple_choice\ndoc_to_choice: choices\n\
+                  doc_to_target: a\n";
+    write(&base, "_common.yaml", common);
+    let task = "include: base/_common.yaml\ntask: caps\ndoc_to_text: \"Q: {{q}}\\nA:\"\n";
+    write(tasks.path(), "caps.yaml", task);
+    let out = tempfile::tempdir().unwrap();
+    let run = || {
+        score(
+            &tiny_model("llama"),
+            out.path(),
+            &[
+                "--include-path",
+                tasks.path().to_str().unwrap(),
+                "--tasks",
+                "caps",
+            ],
+        )
+    };
+    ok(&run());
+    let results = read_json(&out.path().join("results.json"));
+    let plugin = &results["tasks"]["caps"]["plugin"];
+    assert_eq!(
+        plugin["includes"]["base/_common.yaml"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    ok(&run());
+    let refused = |what: &str| {
+        let o = run();
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("holds work on caps done with other settings or inputs")
+                && err.contains(what),
+            "{what}: {err}"
+        );
+    };
+    // An included file.
+    write(
+        &base,
+        "_common.yaml",
+        &common.replace(
+            "doc_to_target: a\n",
+            "doc_to_target: a\ntarget_delimiter: \"  \"\n",
+        ),
+    );
+    refused("plugin.includes.base/_common.yaml (sha256 ");
+    write(&base, "_common.yaml", common);
+    ok(&run());
+    // The task file itself.
+    write(
+        tasks.path(),
+        "caps.yaml",
+        &task.replace("Q: ", "Question: "),
+    );
+    refused("plugin.sha256 (sha256 ");
+    write(tasks.path(), "caps.yaml", task);
+    ok(&run());
+    // Its data.
+    let data = tasks.path().join("d.jsonl");
+    let text = std::fs::read_to_string(&data)
+        .unwrap()
+        .replace("Osaka", "Kyoto");
+    std::fs::write(&data, text).unwrap();
+    refused("data_files.");
 }

@@ -73,6 +73,9 @@ pub struct MergeSettings {
     pub seed: u64,
     /// Average A and B separately (the released code) instead of ΔW.
     pub lora_factors: bool,
+    /// Fisher averaging: one Fisher file per adapter, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fisher: Vec<PathBuf>,
 }
 
 /// Merges PEFT adapters trained on `base` into a Hugging Face folder at `output`.
@@ -87,6 +90,13 @@ pub fn merge_adapters(
         bail!(
             "{} merge weights for {} models",
             settings.weights.len(),
+            adapters.len()
+        );
+    }
+    if !settings.fisher.is_empty() && settings.fisher.len() != adapters.len() {
+        bail!(
+            "{} Fisher files for {} models",
+            settings.fisher.len(),
             adapters.len()
         );
     }
@@ -134,6 +144,12 @@ pub fn merge_adapters(
             );
             if let Some(d) = settings.density {
                 params.insert("density".to_owned(), merge::params::Setting::number(d));
+            }
+            if let Some(f) = settings.fisher.get(i) {
+                params.insert(
+                    "fisher".to_owned(),
+                    merge::params::Setting::text(f.display().to_string()),
+                );
             }
             ModelInput {
                 model: ModelRef {

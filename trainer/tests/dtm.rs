@@ -73,24 +73,27 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// (alpha/r)·B·A of one module, from an adapter folder.
+fn delta(adapter: &Path, module: &str) -> Tensor {
+    let t = tensors(&adapter.join("adapter_model.safetensors"));
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let scale = config["lora_alpha"].as_f64().unwrap() / config["r"].as_f64().unwrap();
+    let la = &t[&format!("base_model.model.{module}.lora_A.weight")];
+    let lb = &t[&format!("base_model.model.{module}.lora_B.weight")];
+    (lb.matmul(la).unwrap() * scale).unwrap()
+}
+
 /// W + mean over adapters of (alpha/r)·B·A for one module, from the adapter files.
 fn expected_weight(base: &Tensor, adapters: &[PathBuf], module: &str) -> Tensor {
-    let mut sum: Option<Tensor> = None;
-    for a in adapters {
-        let t = tensors(&a.join("adapter_model.safetensors"));
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(a.join("adapter_config.json")).unwrap())
-                .unwrap();
-        let scale = config["lora_alpha"].as_f64().unwrap() / config["r"].as_f64().unwrap();
-        let la = &t[&format!("base_model.model.{module}.lora_A.weight")];
-        let lb = &t[&format!("base_model.model.{module}.lora_B.weight")];
-        let delta = (lb.matmul(la).unwrap() * scale).unwrap();
-        sum = Some(match sum {
-            Some(s) => (s + delta).unwrap(),
-            None => delta,
-        });
-    }
-    (base + (sum.unwrap() / adapters.len() as f64).unwrap()).unwrap()
+    let sum = adapters
+        .iter()
+        .map(|a| delta(a, module))
+        .reduce(|s, d| (s + d).unwrap())
+        .unwrap();
+    (base + (sum / adapters.len() as f64).unwrap()).unwrap()
 }
 
 #[test]
@@ -237,4 +240,114 @@ fn uniform_soup_averages_runs_that_differ_in_lr_and_seed() {
         "soup", "--model", "m", "--data", "d", "--runs", "lr=1", "--output", "o",
     ]);
     assert!(!ok && err.contains("at least two"), "{err}");
+}
+
+#[test]
+fn dtm_fisher_merge_weighs_each_submodel_by_its_fisher_on_its_own_portion() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let out = dir.path().join("dtm");
+    let model = shared().join("models/tiny/llama");
+    let mut args: Vec<&str> = vec![
+        "dtm",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--k",
+        "2",
+        "--merge",
+        "fisher",
+        "--fisher-samples",
+        "4",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    args.extend(TRAIN);
+    let (ok, err) = trainer(&args);
+    assert!(ok, "{err}");
+
+    // Σ FᵢWᵢ / Σ Fᵢ (F floored at 1e-6) per entry of each adapted matrix, by hand from the
+    // sub-models' adapters and Fisher files; the Fisher files name the adapter and 4 sequences.
+    let merged = tensors(&out.join("merged/model.safetensors"));
+    let base = tensors(&model.join("model.safetensors"));
+    let sub = |j: usize| out.join(format!("submodels/portion-{j}"));
+    for j in 1..=2 {
+        let file = sub(j).join("fisher.safetensors");
+        let buffer = std::fs::read(&file).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&buffer).unwrap();
+        let meta = meta.metadata().clone().unwrap();
+        assert_eq!(meta["sequences"], "4");
+        assert!(
+            meta["adapter"].ends_with(&format!("portion-{j}/adapter")),
+            "{meta:?}"
+        );
+    }
+    for module in [
+        "model.layers.0.mlp.gate_proj",
+        "model.layers.1.mlp.down_proj",
+    ] {
+        let name = format!("{module}.weight");
+        let (mut num, mut den): (Option<Tensor>, Option<Tensor>) = (None, None);
+        for j in 1..=2 {
+            let f = tensors(&sub(j).join("fisher.safetensors"))[&name]
+                .clamp(1e-6f32, f32::MAX)
+                .unwrap();
+            let w = (&base[&name] + delta(&sub(j).join("adapter"), module)).unwrap();
+            let fw = (&f * &w).unwrap();
+            num = Some(num.map_or(fw.clone(), |n| (n + &fw).unwrap()));
+            den = Some(den.map_or(f.clone(), |d| (d + &f).unwrap()));
+        }
+        let expected = (num.unwrap() / den.unwrap()).unwrap();
+        let d = max_diff(&merged[&name], &expected);
+        assert!(d < 1e-5, "{module}: {d}");
+        // Not the plain average: the Fisher weights matter.
+        let sub_adapters: Vec<PathBuf> = (1..=2).map(|j| sub(j).join("adapter")).collect();
+        let mean = expected_weight(&base[&name], &sub_adapters, module);
+        assert!(
+            max_diff(&merged[&name], &mean) > 1e-6,
+            "{module}: equals the plain mean"
+        );
+    }
+    let q = "model.layers.0.self_attn.q_proj.weight";
+    assert_eq!(max_diff(&merged[q], &base[q]), 0.0);
+
+    // Run again: nothing is recomputed; a changed Fisher setting is refused by name.
+    let stamp = std::fs::metadata(sub(1).join("fisher.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let (ok, err) = trainer(&args);
+    assert!(ok, "{err}");
+    assert!(err.contains("finished earlier"), "{err}");
+    assert_eq!(
+        std::fs::metadata(sub(1).join("fisher.safetensors"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        stamp
+    );
+    let mut changed = args.clone();
+    let n = changed
+        .iter()
+        .position(|a| *a == "--fisher-samples")
+        .unwrap();
+    changed[n + 1] = "5";
+    let (ok, err) = trainer(&changed);
+    assert!(!ok && err.contains("samples"), "{err}");
+    let (ok, err) = trainer(&[
+        "dtm",
+        "--model",
+        "m",
+        "--data",
+        "d",
+        "--fisher-samples",
+        "2",
+        "--output",
+        "o",
+    ]);
+    assert!(
+        !ok && err.contains("only applies to --merge fisher"),
+        "{err}"
+    );
 }

@@ -15,16 +15,15 @@ pub use crate::aggregate::{aggregate, summarise, Aggregate, MetricSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("cannot open plugin {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: libloading::Error,
-    },
-    #[error("plugin {path} lacks symbol `{symbol}` (not a dtm benchmark plugin?): {source}")]
+    /// The library would not load; `reason` is the loader's message without the path it
+    /// repeats.
+    #[error("{}: cannot open as a plugin library: {reason}", path.display())]
+    Open { path: PathBuf, reason: String },
+    #[error("plugin {} lacks symbol `{symbol}` (not a dtm benchmark plugin?): {reason}", path.display())]
     MissingSymbol {
         path: PathBuf,
         symbol: &'static str,
-        source: libloading::Error,
+        reason: String,
     },
     #[error("plugin {path} was built against plugin ABI version {plugin}, but this harness speaks ABI version {host}; rebuild the plugin against this dtm-plugin-api")]
     AbiMismatch {
@@ -46,6 +45,18 @@ pub enum PluginError {
     },
     #[error("invalid argument to {call}: {message}")]
     Argument { call: &'static str, message: String },
+}
+
+/// The dynamic loader's message, without the library's path (which the loader tends to repeat,
+/// e.g. `x.so: x.so: file too short`).
+fn loader_reason(e: &libloading::Error, path: &Path) -> String {
+    let text = e.to_string();
+    let shown = path.display().to_string();
+    let mut reason = text.replace(&format!("{shown}: "), "");
+    while let Some(rest) = reason.strip_suffix(&format!(": {shown}")) {
+        reason = rest.to_owned();
+    }
+    reason.trim().to_owned()
 }
 
 type StrFn = unsafe extern "C" fn() -> *mut c_char;
@@ -124,18 +135,18 @@ impl Plugin {
     pub fn open(path: impl AsRef<Path>) -> Result<Plugin, PluginError> {
         let path = path.as_ref().to_path_buf();
         // SAFETY: loading a library runs its initialisers; plugins are trusted native code.
-        let lib = unsafe { Library::new(&path) }.map_err(|source| PluginError::Open {
+        let lib = unsafe { Library::new(&path) }.map_err(|e| PluginError::Open {
             path: path.clone(),
-            source,
+            reason: loader_reason(&e, &path),
         })?;
         macro_rules! sym {
             ($name:literal, $ty:ty) => {{
                 // SAFETY: the symbol type is fixed by the ABI version checked below/above.
                 let s = unsafe { lib.get::<$ty>(concat!($name, "\0").as_bytes()) };
-                *s.map_err(|source| PluginError::MissingSymbol {
+                *s.map_err(|e| PluginError::MissingSymbol {
                     path: path.clone(),
                     symbol: $name,
-                    source,
+                    reason: loader_reason(&e, &path),
                 })?
             }};
         }

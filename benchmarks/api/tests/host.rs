@@ -119,7 +119,8 @@ fn plugin_errors_and_missing_files_are_clear() {
 
 #[test]
 fn missing_symbols_are_clear() {
-    // A real shared library that is not a plugin.
+    // A real shared library that is not a plugin: serde's derive macro, a proc-macro library
+    // cargo always builds beside this test (the API derives its types with it).
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
     let other = std::fs::read_dir(deps)
@@ -129,18 +130,34 @@ fn missing_symbols_are_clear() {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("libserde_derive") && n.ends_with(".so"))
-        });
-    if let Some(other) = other {
-        let e = Plugin::open(other).err().unwrap();
-        assert!(
-            matches!(
-                e,
-                PluginError::MissingSymbol {
-                    symbol: "dtm_plugin_abi_version",
-                    ..
-                }
-            ),
-            "{e}"
-        );
-    }
+        })
+        .unwrap_or_else(|| panic!("no libserde_derive*.so in {}", deps.display()));
+    let e = Plugin::open(&other).err().unwrap();
+    assert!(
+        matches!(
+            e,
+            PluginError::MissingSymbol {
+                symbol: "dtm_plugin_abi_version",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The loader's message does not repeat the path.
+    let shown = other.display().to_string();
+    assert_eq!(e.to_string().matches(&shown).count(), 1, "{e}");
+}
+
+#[test]
+fn a_file_that_is_not_a_library_is_named_once() {
+    let dir = std::env::temp_dir().join(format!("dtm-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join("libfake.so");
+    std::fs::write(&fake, "not a library").unwrap();
+    let e = Plugin::open(&fake).err().unwrap();
+    assert!(matches!(e, PluginError::Open { .. }), "{e}");
+    let msg = e.to_string();
+    assert_eq!(msg.matches(&fake.display().to_string()).count(), 1, "{msg}");
+    assert!(msg.contains("cannot open as a plugin library"), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,6 +11,7 @@ pub struct ArcChallenge;
 impl ArcFormatSpec for ArcChallenge {
     const NAME: &'static str = NAME;
     const TEST_FILE: &'static str = TEST_FILE;
+    const TEST_QUESTIONS: usize = 1172;
     const SUMMARY: &'static str = "ARC-Challenge test, 0-shot, log-likelihood of each choice";
 
     fn doc_to_text(d: &McDoc) -> String {

@@ -85,3 +85,16 @@ fn through_the_abi() {
     let task = p.load(&data_dir(), &LoadOptions::default()).unwrap();
     assert_eq!(task.items().unwrap(), load().items());
 }
+
+/// An empty test file is an error naming it and the protocol's 1,172 questions.
+#[test]
+fn empty_test_file_is_refused() {
+    let dir = dtm_bench_common::testing::scratch_copy(&[TEST_FILE]);
+    std::fs::write(dir.join(TEST_FILE), "").unwrap();
+    let e = Arc::load(&dir, &LoadOptions::default()).err().unwrap();
+    assert!(
+        e.contains("ARC-Challenge-Test.jsonl: no questions, the protocol's set has 1172"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -97,7 +97,7 @@ impl Benchmark for Bbh {
             headline_metric: "exact_match".into(),
             default_num_fewshot: 3,
             max_num_fewshot: 3,
-            subtasks: TASKS.iter().map(|t| format!("{NAME}:{t}")).collect(),
+            subtasks: TASKS.iter().map(|(t, _)| format!("{NAME}:{t}")).collect(),
             groups: vec![],
             options: vec![],
             program_timeout_s: None,
@@ -108,13 +108,11 @@ impl Benchmark for Bbh {
         let root = data_dir.join("bbh");
         let shots = options.num_fewshot.unwrap_or(3);
         let mut tasks = Vec::new();
-        for path in data::list_files(&root.join("bbh"), ".json")? {
-            let name = path
-                .file_stem()
-                .and_then(|n| n.to_str())
-                .unwrap_or("")
-                .to_string();
+        for (name, count) in TASKS {
+            let path = root.join(format!("bbh/{name}.json"));
             let file: TaskFile = data::read_json(&path)?;
+            data::expect_count(&path, "examples", file.examples.len(), count)?;
+            let name = name.to_string();
             let prompt_path = root.join(format!("cot-prompts/{name}.txt"));
             let prompt = prompt_from_file(&data::read_text(&prompt_path)?, shots, &prompt_path)?;
             tasks.push(Task {
@@ -179,34 +177,35 @@ impl Benchmark for Bbh {
 }
 
 /// The 27 tasks (file names), alphabetical.
-pub const TASKS: [&str; 27] = [
-    "boolean_expressions",
-    "causal_judgement",
-    "date_understanding",
-    "disambiguation_qa",
-    "dyck_languages",
-    "formal_fallacies",
-    "geometric_shapes",
-    "hyperbaton",
-    "logical_deduction_five_objects",
-    "logical_deduction_seven_objects",
-    "logical_deduction_three_objects",
-    "movie_recommendation",
-    "multistep_arithmetic_two",
-    "navigate",
-    "object_counting",
-    "penguins_in_a_table",
-    "reasoning_about_colored_objects",
-    "ruin_names",
-    "salient_translation_error_detection",
-    "snarks",
-    "sports_understanding",
-    "temporal_sequences",
-    "tracking_shuffled_objects_five_objects",
-    "tracking_shuffled_objects_seven_objects",
-    "tracking_shuffled_objects_three_objects",
-    "web_of_lies",
-    "word_sorting",
+/// The 27 tasks with the number of examples of each (6,511 in all; PROTOCOL.md §3).
+pub const TASKS: [(&str, usize); 27] = [
+    ("boolean_expressions", 250),
+    ("causal_judgement", 187),
+    ("date_understanding", 250),
+    ("disambiguation_qa", 250),
+    ("dyck_languages", 250),
+    ("formal_fallacies", 250),
+    ("geometric_shapes", 250),
+    ("hyperbaton", 250),
+    ("logical_deduction_five_objects", 250),
+    ("logical_deduction_seven_objects", 250),
+    ("logical_deduction_three_objects", 250),
+    ("movie_recommendation", 250),
+    ("multistep_arithmetic_two", 250),
+    ("navigate", 250),
+    ("object_counting", 250),
+    ("penguins_in_a_table", 146),
+    ("reasoning_about_colored_objects", 250),
+    ("ruin_names", 250),
+    ("salient_translation_error_detection", 250),
+    ("snarks", 178),
+    ("sports_understanding", 250),
+    ("temporal_sequences", 250),
+    ("tracking_shuffled_objects_five_objects", 250),
+    ("tracking_shuffled_objects_seven_objects", 250),
+    ("tracking_shuffled_objects_three_objects", 250),
+    ("web_of_lies", 250),
+    ("word_sorting", 250),
 ];
 
 export_plugin!(Bbh);

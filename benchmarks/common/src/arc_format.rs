@@ -69,6 +69,8 @@ pub trait ArcFormatSpec: Send + Sync + 'static {
     const NAME: &'static str;
     /// Relative to the data folder.
     const TEST_FILE: &'static str;
+    /// Questions in the test file (PROTOCOL.md §3).
+    const TEST_QUESTIONS: usize;
     const SUMMARY: &'static str;
     /// The prompt of one question; each choice is scored as `" " + text` after it.
     fn doc_to_text(d: &McDoc) -> String;
@@ -99,8 +101,11 @@ impl<S: ArcFormatSpec> crate::api::Benchmark for ArcFormatTask<S> {
     }
 
     fn load(data_dir: &Path, _options: &crate::api::LoadOptions) -> crate::api::PluginResult<Self> {
+        let path = data_dir.join(S::TEST_FILE);
+        let docs = read(&path)?;
+        crate::data::expect_count(&path, "questions", docs.len(), S::TEST_QUESTIONS)?;
         Ok(ArcFormatTask {
-            docs: read(&data_dir.join(S::TEST_FILE))?,
+            docs,
             spec: std::marker::PhantomData,
         })
     }

@@ -101,6 +101,23 @@ pub fn read_csv(path: &Path, columns: usize) -> Result<Vec<(u64, Vec<String>)>, 
     Ok(rows)
 }
 
+/// Refuses a file whose item count differs from the protocol's: an empty, truncated or
+/// different copy would otherwise change the benchmark silently. `what` names the items.
+pub fn expect_count(path: &Path, what: &str, found: usize, expected: usize) -> Result<(), String> {
+    if found == expected {
+        return Ok(());
+    }
+    let how = if found == 0 {
+        "no".to_string()
+    } else {
+        found.to_string()
+    };
+    Err(format!(
+        "{}: {how} {what}, the protocol's set has {expected} (an incomplete or different copy; `harness data verify` checks the files against their upstream hashes)",
+        path.display()
+    ))
+}
+
 /// Files in `dir` whose names end with `suffix`, sorted by name (byte order).
 pub fn list_files(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, String> {
     let rd = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
@@ -139,6 +156,14 @@ mod tests {
         assert!(e.contains("y.csv:3: expected 3 fields"), "{e}");
         let e = read_text(&dir.join("missing.txt")).unwrap_err();
         assert!(e.contains("missing.txt"), "{e}");
+        let e = expect_count(&p, "questions", 0, 1319).unwrap_err();
+        assert!(
+            e.contains("x.jsonl: no questions, the protocol's set has 1319"),
+            "{e}"
+        );
+        let e = expect_count(&p, "questions", 12, 1319).unwrap_err();
+        assert!(e.contains("12 questions") && e.contains("1319"), "{e}");
+        assert!(expect_count(&p, "questions", 1319, 1319).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -31,3 +31,32 @@ pub fn find_plugin(lib_name: &str) -> Option<PathBuf> {
     }
     None
 }
+
+/// A scratch data folder holding copies of `paths` (files or folders, relative to the shared
+/// data folder), for tests that damage a file. Each call gets a fresh folder.
+pub fn scratch_copy(paths: &[&str]) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let root = std::env::temp_dir().join(format!(
+        "dtm-scratch-data-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&root);
+    fn copy(from: &Path, to: &Path) {
+        if from.is_dir() {
+            std::fs::create_dir_all(to).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                copy(&e.path(), &to.join(e.file_name()));
+            }
+        } else {
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(from, to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+        }
+    }
+    for p in paths {
+        copy(&data_dir().join(p), &root.join(p));
+    }
+    root
+}

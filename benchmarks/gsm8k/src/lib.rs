@@ -9,6 +9,8 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 pub const NAME: &str = "gsm8k";
+/// Questions of the test split (PROTOCOL.md §3).
+pub const TEST_QUESTIONS: usize = 1319;
 pub const UNTIL: [&str; 3] = ["Q:", "</s>", "<|im_end|>"];
 pub const MAX_NEW_TOKENS: usize = 256;
 const INVALID: &str = "[invalid]";
@@ -93,7 +95,9 @@ impl Benchmark for Gsm8k {
     }
 
     fn load(data_dir: &Path, options: &LoadOptions) -> PluginResult<Self> {
-        let docs = data::read_jsonl(&data_dir.join("gsm8k/grade_school_math/data/test.jsonl"))?;
+        let test = data_dir.join("gsm8k/grade_school_math/data/test.jsonl");
+        let docs: Vec<_> = data::read_jsonl(&test)?;
+        data::expect_count(&test, "questions", docs.len(), TEST_QUESTIONS)?;
         let mut shots: Vec<Exemplar> =
             data::read_jsonl(&data_dir.join("gsm8k/cot_exemplars.jsonl"))?;
         let n = options.num_fewshot.unwrap_or(8);

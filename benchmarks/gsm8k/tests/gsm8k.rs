@@ -117,3 +117,29 @@ fn through_the_abi() {
         "{e}"
     );
 }
+
+/// An empty or cut test file is an error naming the file and the protocol's 1,319 questions,
+/// not a run of "0 items".
+#[test]
+fn empty_or_short_test_file_is_refused() {
+    let dir = dtm_bench_common::testing::scratch_copy(&[
+        "gsm8k/grade_school_math/data/test.jsonl",
+        "gsm8k/cot_exemplars.jsonl",
+    ]);
+    let test = dir.join("gsm8k/grade_school_math/data/test.jsonl");
+    let full = std::fs::read_to_string(&test).unwrap();
+    std::fs::write(&test, "").unwrap();
+    let e = Gsm8k::load(&dir, &LoadOptions::default()).err().unwrap();
+    assert!(
+        e.contains("test.jsonl: no questions, the protocol's set has 1319"),
+        "{e}"
+    );
+    let two: String = full.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&test, two).unwrap();
+    let e = Gsm8k::load(&dir, &LoadOptions::default()).err().unwrap();
+    assert!(
+        e.contains("test.jsonl: 2 questions, the protocol's set has 1319"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -54,9 +54,10 @@ impl Benchmark for HumanEval {
     }
 
     fn load(data_dir: &Path, _options: &LoadOptions) -> PluginResult<Self> {
-        Ok(HumanEval {
-            problems: data::read_jsonl_gz(&data_dir.join("humaneval/data/HumanEval.jsonl.gz"))?,
-        })
+        let path = data_dir.join("humaneval/data/HumanEval.jsonl.gz");
+        let problems: Vec<_> = data::read_jsonl_gz(&path)?;
+        data::expect_count(&path, "problems", problems.len(), 164)?;
+        Ok(HumanEval { problems })
     }
 
     fn items(&self) -> Vec<Item> {

@@ -103,6 +103,12 @@ impl Benchmark for Mbpp {
             .map(|(_, p)| p)
             .filter(|p| TEST_IDS.contains(&p.task_id))
             .collect();
+        data::expect_count(
+            &path,
+            "test-split problems (task_id 11-510)",
+            problems.len(),
+            (TEST_IDS.end() - TEST_IDS.start() + 1) as usize,
+        )?;
         Ok(Mbpp {
             problems,
             shots,

@@ -72,6 +72,70 @@ pub const CATEGORIES: [(&str, &str); 57] = [
     ("world_religions", "humanities"),
 ];
 
+/// Test questions per subject (14,042 in all; PROTOCOL.md §3), in the order of [`CATEGORIES`].
+pub const TEST_QUESTIONS: [(&str, usize); 57] = [
+    ("abstract_algebra", 100),
+    ("anatomy", 135),
+    ("astronomy", 152),
+    ("business_ethics", 100),
+    ("clinical_knowledge", 265),
+    ("college_biology", 144),
+    ("college_chemistry", 100),
+    ("college_computer_science", 100),
+    ("college_mathematics", 100),
+    ("college_medicine", 173),
+    ("college_physics", 102),
+    ("computer_security", 100),
+    ("conceptual_physics", 235),
+    ("econometrics", 114),
+    ("electrical_engineering", 145),
+    ("elementary_mathematics", 378),
+    ("formal_logic", 126),
+    ("global_facts", 100),
+    ("high_school_biology", 310),
+    ("high_school_chemistry", 203),
+    ("high_school_computer_science", 100),
+    ("high_school_european_history", 165),
+    ("high_school_geography", 198),
+    ("high_school_government_and_politics", 193),
+    ("high_school_macroeconomics", 390),
+    ("high_school_mathematics", 270),
+    ("high_school_microeconomics", 238),
+    ("high_school_physics", 151),
+    ("high_school_psychology", 545),
+    ("high_school_statistics", 216),
+    ("high_school_us_history", 204),
+    ("high_school_world_history", 237),
+    ("human_aging", 223),
+    ("human_sexuality", 131),
+    ("international_law", 121),
+    ("jurisprudence", 108),
+    ("logical_fallacies", 163),
+    ("machine_learning", 112),
+    ("management", 103),
+    ("marketing", 234),
+    ("medical_genetics", 100),
+    ("miscellaneous", 783),
+    ("moral_disputes", 346),
+    ("moral_scenarios", 895),
+    ("nutrition", 306),
+    ("philosophy", 311),
+    ("prehistory", 324),
+    ("professional_accounting", 282),
+    ("professional_law", 1534),
+    ("professional_medicine", 272),
+    ("professional_psychology", 612),
+    ("public_relations", 110),
+    ("security_studies", 245),
+    ("sociology", 201),
+    ("us_foreign_policy", 100),
+    ("virology", 166),
+    ("world_religions", 171),
+];
+
+/// Dev rows per subject: the five few-shot examples.
+pub const DEV_ROWS: usize = 5;
+
 pub fn category(subject: &str) -> Option<&'static str> {
     CATEGORIES
         .iter()
@@ -184,8 +248,16 @@ impl Benchmark for Mmlu {
             let name = file.trim_end_matches("_test.csv").to_string();
             let category = category(&name)
                 .ok_or_else(|| format!("{}: unknown MMLU subject {name:?}", path.display()))?;
-            let dev = read_questions(&root.join(format!("dev/{name}_dev.csv")))?;
+            let dev_path = root.join(format!("dev/{name}_dev.csv"));
+            let dev = read_questions(&dev_path)?;
+            data::expect_count(&dev_path, "rows", dev.len(), DEV_ROWS)?;
             let test = read_questions(&path)?;
+            let expected = TEST_QUESTIONS
+                .iter()
+                .find(|(s, _)| *s == name)
+                .map(|(_, n)| *n)
+                .expect("every subject of CATEGORIES has a count");
+            data::expect_count(&path, "questions", test.len(), expected)?;
             subjects.push(Subject {
                 name,
                 category,
@@ -194,11 +266,17 @@ impl Benchmark for Mmlu {
             });
         }
         if subjects.len() != CATEGORIES.len() {
+            let missing: Vec<&str> = CATEGORIES
+                .iter()
+                .map(|(s, _)| *s)
+                .filter(|s| !subjects.iter().any(|x: &Subject| x.name == *s))
+                .collect();
             return Err(format!(
-                "{}: {} subjects, expected {}",
+                "{}: {} subjects, expected {} (missing: {})",
                 root.join("test").display(),
                 subjects.len(),
-                CATEGORIES.len()
+                CATEGORIES.len(),
+                missing.join(", ")
             ));
         }
         let num_fewshot = options.num_fewshot.unwrap_or(5);

@@ -109,3 +109,24 @@ fn through_the_abi() {
             .collect::<Vec<_>>()
     });
 }
+
+/// An empty subject file is refused, naming it and the protocol's count, instead of the subject
+/// silently dropping out of the aggregate; a missing one is named too.
+#[test]
+fn empty_or_missing_subject_is_refused_by_name() {
+    let dir = dtm_bench_common::testing::scratch_copy(&["mmlu/data/dev", "mmlu/data/test"]);
+    let anatomy = dir.join("mmlu/data/test/anatomy_test.csv");
+    std::fs::write(&anatomy, "").unwrap();
+    let e = Mmlu::load(&dir, &LoadOptions::default()).err().unwrap();
+    assert!(
+        e.contains("anatomy_test.csv: no questions, the protocol's set has 135"),
+        "{e}"
+    );
+    std::fs::remove_file(&anatomy).unwrap();
+    let e = Mmlu::load(&dir, &LoadOptions::default()).err().unwrap();
+    assert!(
+        e.contains("56 subjects, expected 57 (missing: anatomy)"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -11,6 +11,7 @@ pub struct Main;
 impl ArcFormatSpec for Main {
     const NAME: &'static str = NAME;
     const TEST_FILE: &'static str = TEST_FILE;
+    const TEST_QUESTIONS: usize = 500;
     const SUMMARY: &'static str = "OpenBookQA Main test, 0-shot, log-likelihood of each choice";
 
     fn doc_to_text(d: &McDoc) -> String {

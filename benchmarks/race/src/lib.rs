@@ -162,6 +162,15 @@ impl Benchmark for Race {
             .iter()
             .map(|p| read_article(p))
             .collect::<PluginResult<_>>()?;
+        // Articles and questions of the test split (PROTOCOL.md §3).
+        let (n_articles, n_questions) = if split == "middle" {
+            (362, 1436)
+        } else {
+            (1045, 3498)
+        };
+        data::expect_count(&dir, "article files", articles.len(), n_articles)?;
+        let questions = articles.iter().map(|a| a.questions.len()).sum();
+        data::expect_count(&dir, "questions", questions, n_questions)?;
         let mut units = Vec::new();
         for (ai, a) in articles.iter().enumerate() {
             if mode == "every_question" {

@@ -113,6 +113,7 @@ impl Benchmark for TruthfulQa {
             .join("\n\n");
         let path = data_dir.join("truthfulqa/data/v1/mc_task.json");
         let questions: Vec<Question> = data::read_json(&path)?;
+        data::expect_count(&path, "questions", questions.len(), 817)?;
         for (i, q) in questions.iter().enumerate() {
             let n_true = q.mc1_targets.0.iter().filter(|(_, l)| *l == 1).count();
             if n_true != 1 || q.mc2_targets.0.is_empty() {

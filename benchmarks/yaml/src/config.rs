@@ -213,6 +213,9 @@ pub struct MetricConfig {
 pub struct TaskConfig {
     /// The task's own file.
     pub file: PathBuf,
+    /// The files merged into it by `include:` (at every depth, in reading order): with `file`,
+    /// everything the task's definition was read from, which a run's identity hashes.
+    pub includes: Vec<PathBuf>,
     pub task: String,
     pub tags: Vec<String>,
     pub version: String,
@@ -275,8 +278,12 @@ fn read_map(path: &Path) -> Result<Vec<(String, Node)>> {
 }
 
 /// Read `path` and every file it includes (depth first, later files and the including file
-/// winning, as lm-eval merges them).
-fn load_merged(path: &Path, seen: &mut Vec<PathBuf>) -> Result<Vec<(String, Node)>> {
+/// winning, as lm-eval merges them). Every included file is added to `included`.
+fn load_merged(
+    path: &Path,
+    seen: &mut Vec<PathBuf>,
+    included: &mut Vec<PathBuf>,
+) -> Result<Vec<(String, Node)>> {
     let canonical = path
         .canonicalize()
         .map_err(|e| YamlError::file(path, None, format!("cannot read: {e}")))?;
@@ -319,7 +326,8 @@ fn load_merged(path: &Path, seen: &mut Vec<PathBuf>) -> Result<Vec<(String, Node
                     format!("{}: no such file", target.display()),
                 ));
             }
-            let mut inc = load_merged(&target, seen)?;
+            included.push(target.clone());
+            let mut inc = load_merged(&target, seen, included)?;
             inc.retain(|(k, _)| k != "task_list");
             merge(&mut merged, inc);
         }
@@ -347,7 +355,8 @@ const DEFAULT_ONLY: &[(&str, &str)] = &[
 
 /// Read one `*.yaml` file of a task folder.
 pub fn load(path: &Path) -> Result<FileKind> {
-    let entries = load_merged(path, &mut Vec::new())?;
+    let mut includes = Vec::new();
+    let entries = load_merged(path, &mut Vec::new(), &mut includes)?;
     let mut f = Fields { entries };
     for (_, n) in &f.entries {
         refuse_tags(n)?;
@@ -567,6 +576,7 @@ pub fn load(path: &Path) -> Result<FileKind> {
     }
     Ok(FileKind::Task(Box::new(TaskConfig {
         file: path.to_owned(),
+        includes,
         task,
         tags,
         version,

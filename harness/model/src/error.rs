@@ -33,6 +33,9 @@ pub enum RuntimeError {
     Tokenizer(String),
     #[error("{0}")]
     Request(String),
+    /// NaN or infinite logits: broken weights, or values that overflow the compute dtype.
+    #[error("{model}: the model produced non-finite logits (NaN or infinity): its weights are broken or overflow in this dtype")]
+    NonFiniteLogits { model: String },
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

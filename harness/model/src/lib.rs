@@ -8,5 +8,6 @@ pub mod adapter;
 pub mod checkpoint;
 pub mod device;
 pub mod error;
+pub mod memory;
 pub mod model;
 pub mod tokenizer;

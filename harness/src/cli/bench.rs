@@ -12,20 +12,21 @@ use serde_json::json;
 
 use dtm_harness::engine::{Engine, EngineOptions, GenerateRequest, LoglikelihoodRequest, Stats};
 
-use super::ModelArgs;
+use super::output::print_line;
+use super::{values, ModelArgs};
 
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Four-choice questions scored per loglikelihood run.
-    #[arg(long, default_value_t = 24)]
+    /// Four-choice questions scored per loglikelihood run (at least 1).
+    #[arg(long, default_value_t = 24, value_parser = values::at_least_one)]
     questions: usize,
-    /// Prompts generated from.
-    #[arg(long, default_value_t = 4)]
+    /// Prompts generated from (at least 1).
+    #[arg(long, default_value_t = 4, value_parser = values::at_least_one)]
     generations: usize,
-    /// Tokens generated per prompt.
-    #[arg(long, default_value_t = 32)]
+    /// Tokens generated per prompt (at least 1).
+    #[arg(long, default_value_t = 32, value_parser = values::at_least_one)]
     new_tokens: usize,
 }
 
@@ -183,15 +184,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     r["generated_tokens_per_second"] = json!(generated as f64 / seconds);
     runs.push(r);
 
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&json!({
-            "model": models.describe(),
-            "dtype": format!("{:?}", args.model.dtype),
-            "batch_size": base.batch_size,
-            "threads": rayon::current_num_threads(),
-            "runs": runs,
-        }))?
-    );
-    Ok(())
+    print_line(&serde_json::to_string_pretty(&json!({
+        "model": models.describe(),
+        "dtype": format!("{:?}", args.model.dtype),
+        "batch_size": base.batch_size,
+        "threads": rayon::current_num_threads(),
+        "runs": runs,
+    }))?)
 }

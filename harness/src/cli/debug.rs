@@ -1,16 +1,17 @@
 //! `logprobs`, `loglikelihood`, `generate`: direct access to the runtime, for users checking a
 //! model (or an ensemble) against another implementation.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
 use dtm_harness::engine::{Engine, GenerateRequest, LoglikelihoodRequest};
 
-use super::ModelArgs;
+use super::output::{print_line, CliError};
+use super::{values, ModelArgs};
 
 #[derive(Args)]
 pub struct LogprobsArgs {
@@ -19,8 +20,8 @@ pub struct LogprobsArgs {
     /// The text to score.
     #[arg(long)]
     text: String,
-    /// Alternatives listed per position.
-    #[arg(long, default_value_t = 5)]
+    /// Alternatives listed per position (at least 1).
+    #[arg(long, default_value_t = 5, value_parser = values::at_least_one)]
     top: usize,
 }
 
@@ -28,8 +29,7 @@ pub fn logprobs(args: LogprobsArgs) -> Result<()> {
     let models = args.model.load()?;
     let mut engine = Engine::new(models.ensemble()?, args.model.engine_options());
     let report = engine.inspect(&args.text, args.top)?;
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    print_line(&serde_json::to_string(&report)?)
 }
 
 #[derive(Args)]
@@ -42,26 +42,26 @@ pub struct LoglikelihoodArgs {
 }
 
 /// Reads JSONL requests; an error names the file and the line.
-fn read_requests(path: &PathBuf) -> Result<Vec<LoglikelihoodRequest>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+fn read_requests(path: &PathBuf) -> Result<Vec<LoglikelihoodRequest>, CliError> {
+    let bad = |problem: String| CliError::BadInput(format!("{}: {problem}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
     let mut out = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), n + 1))?;
+        let line = line.map_err(|e| bad(format!("line {}: cannot read: {e}", n + 1)))?;
         if line.trim().is_empty() {
             continue;
         }
-        let request: LoglikelihoodRequest = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{}:{}: expected {{\"context\": …, \"continuation\": …}}",
+        let request: LoglikelihoodRequest = serde_json::from_str(&line).map_err(|e| {
+            CliError::BadInput(format!(
+                "{}:{}: expected {{\"context\": …, \"continuation\": …}} ({e})",
                 path.display(),
                 n + 1
-            )
+            ))
         })?;
         out.push(request);
     }
     if out.is_empty() {
-        bail!("{}: no requests", path.display());
+        return Err(bad("no requests".into()));
     }
     Ok(out)
 }
@@ -71,12 +71,10 @@ pub fn loglikelihood(args: LoglikelihoodArgs) -> Result<()> {
     let models = args.model.load()?;
     let mut engine = Engine::new(models.ensemble()?, args.model.engine_options());
     let results = engine.loglikelihood(&requests)?;
-    let mut out = std::io::stdout().lock();
     for r in results {
-        writeln!(
-            out,
-            "{}",
-            json!({"logprob": r.logprob, "is_greedy": r.is_greedy, "continuation_ids": r.continuation_ids})
+        print_line(
+            &json!({"logprob": r.logprob, "is_greedy": r.is_greedy, "continuation_ids": r.continuation_ids})
+                .to_string(),
         )?;
     }
     Ok(())
@@ -89,7 +87,8 @@ pub struct GenerateArgs {
     /// The prompt.
     #[arg(long)]
     text: String,
-    #[arg(long, default_value_t = 32)]
+    /// Tokens to generate at most (at least 1).
+    #[arg(long, default_value_t = 32, value_parser = values::at_least_one)]
     max_new_tokens: usize,
     /// Stop strings (repeatable); the text is cut before the first one.
     #[arg(long)]
@@ -105,6 +104,5 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         max_new_tokens: args.max_new_tokens,
     };
     let g = engine.generate_until(&[request])?.remove(0);
-    println!("{}", json!({"ids": g.ids, "text": g.text}));
-    Ok(())
+    print_line(&json!({"ids": g.ids, "text": g.text}).to_string())
 }

@@ -1,148 +1,154 @@
 //! `harness merge-shards`: the N outputs of `harness score --shard I/N` joined into the run one
 //! unsharded `harness score` writes.
 //!
-//! Samples are joined and put in the unsharded order; every aggregate (means, standard errors,
-//! subtasks, groups, corpus-level metrics of YAML tasks) is computed again from all items by the
-//! task's own code, so the joined results.json, results.csv, results.md and samples.jsonl are the
-//! unsharded run's. Only measurements differ: wall time, tokens and items computed are the sums
-//! over the shards.
+//! The joined folder is a run folder like any other: its `.progress/run.json` is the shards' run
+//! identity without the shard, each task's `task.json` is the identity every shard recorded, and
+//! the shards' saved chunks are copied as they are (a shard deals whole chunks, so they are the
+//! unsharded run's chunks). Every aggregate (means, standard errors, subtasks, groups,
+//! corpus-level metrics of YAML tasks) is computed again from all items by the task's own code,
+//! so results.json, results.csv, results.md and samples.jsonl are the unsharded run's, and the
+//! unsharded `harness score` command finds every item done there. Only measurements differ: wall
+//! time, tokens and items computed are the sums over the shards.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::Value;
 
-use dtm_harness::engine::Stats;
+use dtm_harness::data;
 use dtm_harness::evaluate::report::{self, TaskReport};
 use dtm_harness::evaluate::shard::Shard;
-use dtm_harness::evaluate::store::Sample;
+use dtm_harness::evaluate::store::{differences, ChunkCost, RunStore, Sample};
 use dtm_harness::evaluate::subset::{Subset, CHUNK_KEY, ITEMS_KEY, SHARD_KEY};
-use dtm_harness::evaluate::TaskRun;
 use dtm_plugin_api::LoadOptions;
 
-use super::score::{data_hashes, resolve_tasks, DataDirs, PluginArgs};
+use super::output::CliError;
+use super::score::{prepare, task_specs, DataDirs, PluginArgs};
 
 #[derive(Args)]
 #[command(
     after_help = "Every shard folder must come from the same `harness score` command (same model, \
-    tasks and options) with --shard 1/N … N/N, each finished; the items they hold must be every \
+    adapter, tasks and options, with the same benchmark definitions and data, as recorded in each \
+    folder's .progress) with --shard 1/N … N/N, each finished; the items they hold must be every \
     item of every task exactly once. Benchmarks are found as `harness score` finds them (pass the \
     same --plugin, --plugin-dir and --include-path); their data is read from the folders the shards \
-    recorded unless --data-dir is given, and must hash as it did when the shards were scored."
+    recorded unless --data-dir is given, and must hash as it did when the shards were scored. \
+    Merging again into the same --output rewrites the joined tasks from the shards."
 )]
 pub struct MergeShardsArgs {
     /// The `harness score --shard I/N` output folders, all N of them, in any order.
     #[arg(required = true, value_name = "SHARD_DIR")]
     shards: Vec<PathBuf>,
     /// The folder to write the joined run into (results.json, samples.jsonl, results.csv,
-    /// results.md).
+    /// results.md, and the run's .progress).
     #[arg(long)]
     output: PathBuf,
     #[command(flatten)]
     plugins: PluginArgs,
 }
 
-/// One shard's output folder, read back.
+fn refuse(message: String) -> anyhow::Error {
+    CliError::BadInput(message).into()
+}
+
+/// One shard's output folder, opened (and locked) for reading.
 struct ShardRun {
     dir: PathBuf,
+    store: RunStore,
     shard: Shard,
-    /// results.json without tasks, errors and wall time: what the command was.
+    /// `.progress/run.json` without the shard: what every shard of one command shares.
+    identity: Value,
+    /// results.json without tasks, errors, wall time and the shard's marks.
     header: Value,
-    tasks: serde_json::Map<String, Value>,
-    wall_seconds: f64,
-    samples: Vec<Sample>,
+    /// The finished tasks' saved reports, by task name.
+    reports: BTreeMap<String, Value>,
 }
 
 fn read_shard(dir: &Path) -> Result<ShardRun> {
+    let (store, mut identity) = RunStore::open_existing(dir)?;
+    let shard: Shard = identity[SHARD_KEY]
+        .as_str()
+        .ok_or_else(|| {
+            refuse(format!(
+                "{}: not a shard (its run has no `{SHARD_KEY}`: scored without --shard)",
+                dir.display()
+            ))
+        })?
+        .parse()
+        .map_err(|e: String| refuse(format!("{}: {SHARD_KEY} {e}", dir.display())))?;
+    identity
+        .as_object_mut()
+        .expect("run.json is an object")
+        .remove(SHARD_KEY);
+
     let file = dir.join("results.json");
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("{}: cannot read (is the shard finished?)", file.display()))?;
-    let mut results: Value =
+    let mut header: Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?;
-    let errors = results["errors"].as_object().cloned().unwrap_or_default();
-    if let Some((task, why)) = errors.iter().next() {
-        bail!(
+    if let Some((task, why)) = header["errors"].as_object().and_then(|e| e.iter().next()) {
+        return Err(refuse(format!(
             "{}: task {task} failed in this shard ({}); score the shard again before merging",
             dir.display(),
             why.as_str().unwrap_or("see results.json")
-        );
+        )));
     }
-    let shard: Shard = results["options"][SHARD_KEY]
-        .as_str()
-        .with_context(|| {
-            format!(
-                "{}: not a shard (no options.{SHARD_KEY}; made without --shard)",
-                file.display()
-            )
-        })?
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("{}: options.{SHARD_KEY} {e}", file.display()))?;
-    let obj = results
+    let h = header
         .as_object_mut()
-        .context("results.json is not an object")?;
-    let tasks = obj
-        .remove("tasks")
-        .and_then(|t| t.as_object().cloned())
-        .with_context(|| format!("{}: no tasks", file.display()))?;
-    obj.remove("errors");
-    let wall_seconds = obj
-        .remove("wall_seconds")
-        .and_then(|w| w.as_f64())
-        .unwrap_or(0.0);
-    let samples_file = dir.join("samples.jsonl");
-    let samples = std::fs::read_to_string(&samples_file)
-        .with_context(|| format!("{}: cannot read", samples_file.display()))?
-        .lines()
-        .enumerate()
-        .map(|(n, line)| {
-            serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: not a sample", samples_file.display(), n + 1))
+        .with_context(|| format!("{}: not a JSON object", file.display()))?;
+    for key in ["tasks", "errors", "wall_seconds"] {
+        h.remove(key);
+    }
+    if let Some(options) = header["options"].as_object_mut() {
+        for key in ["tasks", SHARD_KEY, CHUNK_KEY] {
+            options.remove(key);
+        }
+    }
+
+    let reports = store
+        .finished_tasks()?
+        .into_iter()
+        .map(|t| {
+            let name = t.report["task"].as_str().unwrap_or_default().to_owned();
+            (name, t.report)
         })
-        .collect::<Result<Vec<Sample>>>()?;
+        .collect();
     Ok(ShardRun {
         dir: dir.to_owned(),
+        store,
         shard,
-        header: results,
-        tasks,
-        wall_seconds,
-        samples,
+        identity,
+        header,
+        reports,
     })
 }
 
-/// The header with the shard's own marks taken out: equal for every shard of one command, and
-/// equal to the header of the unsharded run.
-fn unsharded_header(header: &Value) -> Value {
-    let mut h = header.clone();
-    if let Some(options) = h["options"].as_object_mut() {
-        options.remove(SHARD_KEY);
-        options.remove(CHUNK_KEY);
-    }
-    h
-}
-
-/// Checks that the shards are 1/N … N/N of one command; returns the unsharded header.
-fn check_shards(runs: &[ShardRun]) -> Result<Value> {
-    let count = runs[0].shard.count;
+/// Checks that the shards are 1/N … N/N of one command: the same split, the same run identity
+/// and the same finished tasks. Other differences in results.json (paths, device, batch size:
+/// not part of what the results depend on) are reported; the first shard's are kept.
+fn check_shards(runs: &[ShardRun]) -> Result<()> {
+    let first = &runs[0];
+    let count = first.shard.count;
     let mut seen: BTreeMap<usize, &Path> = BTreeMap::new();
     for r in runs {
         if r.shard.count != count {
-            bail!(
+            return Err(refuse(format!(
                 "{} is shard {} but {} is shard {}: not the same split",
                 r.dir.display(),
                 r.shard,
-                runs[0].dir.display(),
-                runs[0].shard
-            );
+                first.dir.display(),
+                first.shard
+            )));
         }
         if let Some(other) = seen.insert(r.shard.index, &r.dir) {
-            bail!(
+            return Err(refuse(format!(
                 "{} and {} are both shard {}",
                 other.display(),
                 r.dir.display(),
                 r.shard
-            );
+            )));
         }
     }
     let missing: Vec<String> = (1..=count)
@@ -150,56 +156,49 @@ fn check_shards(runs: &[ShardRun]) -> Result<Value> {
         .map(|i| format!("{i}/{count}"))
         .collect();
     if !missing.is_empty() {
-        bail!("shards {} are missing", missing.join(", "));
+        return Err(refuse(format!("shards {} are missing", missing.join(", "))));
     }
-    let header = unsharded_header(&runs[0].header);
     for r in &runs[1..] {
-        let other = unsharded_header(&r.header);
-        if other != header {
-            bail!(
-                "{} and {} were scored with different settings ({}); they are not shards of one run",
-                runs[0].dir.display(),
+        let changes = differences(&first.identity, &r.identity, "");
+        if !changes.is_empty() {
+            return Err(refuse(format!(
+                "{} was scored with different settings than {} ({}, in .progress/run.json): not a shard of the same run",
                 r.dir.display(),
-                differing(&header, &other).join(", ")
+                first.dir.display(),
+                changes.join(", ")
+            )));
+        }
+        let (a, b): (BTreeSet<&String>, BTreeSet<&String>) =
+            (first.reports.keys().collect(), r.reports.keys().collect());
+        if let Some(task) = a.symmetric_difference(&b).next() {
+            let lacking = if a.contains(task) { r } else { first };
+            return Err(refuse(format!(
+                "{}: task {task} is not finished there (it is in another shard); score the shard again before merging",
+                lacking.dir.display()
+            )));
+        }
+        let noted = differences(&first.header, &r.header, "");
+        if !noted.is_empty() {
+            eprintln!(
+                "note: {} differs from {} in results.json ({}); the joined run records {}'s",
+                r.dir.display(),
+                first.dir.display(),
+                noted.join(", "),
+                first.dir.display()
             );
         }
     }
-    Ok(header)
+    Ok(())
 }
 
-/// Dotted paths of the leaves where two JSON values differ.
-fn differing(a: &Value, b: &Value) -> Vec<String> {
-    fn walk(a: &Value, b: &Value, path: String, out: &mut Vec<String>) {
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                for k in keys {
-                    let sub = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
-                    walk(
-                        x.get(k).unwrap_or(&Value::Null),
-                        y.get(k).unwrap_or(&Value::Null),
-                        sub,
-                        out,
-                    );
-                }
-            }
-            _ if a != b => out.push(path),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(a, b, String::new(), &mut out);
-    out
-}
-
-/// The data folders the shards read, from their header.
+/// The data folders the shards read, from their results.json.
 fn recorded_data_dirs(options: &Value) -> DataDirs {
+    let default = match options["data_dir"].as_str() {
+        Some(d) if d != "none" => Ok(PathBuf::from(d)),
+        _ => data::locate(None),
+    };
     DataDirs {
-        default: PathBuf::from(options["data_dir"].as_str().unwrap_or("../shared/data")),
+        default,
         per_task: options["task_data_dirs"]
             .as_object()
             .map(|m| {
@@ -211,46 +210,58 @@ fn recorded_data_dirs(options: &Value) -> DataDirs {
     }
 }
 
+/// One task joined: its items in the shards' chunks, checked against what the task has now.
+struct Joined {
+    name: String,
+    identity: Value,
+    chunks: Vec<(ChunkCost, Vec<Sample>)>,
+    report: TaskReport,
+}
+
 pub fn run(args: MergeShardsArgs) -> Result<()> {
-    let mut runs = args
-        .shards
-        .iter()
-        .map(|d| read_shard(d))
-        .collect::<Result<Vec<_>>>()?;
+    let output = std::path::absolute(&args.output)
+        .with_context(|| format!("{}: not a usable path", args.output.display()))?;
+    let mut runs = Vec::new();
+    let mut named = BTreeSet::new();
+    for dir in &args.shards {
+        let path = std::path::absolute(dir)
+            .with_context(|| format!("{}: not a usable path", dir.display()))?;
+        if path == output {
+            return Err(CliError::Usage(format!(
+                "--output {} is one of the shards",
+                dir.display()
+            ))
+            .into());
+        }
+        if !named.insert(path) {
+            return Err(CliError::Usage(format!("{} is named twice", dir.display())).into());
+        }
+        runs.push(read_shard(dir)?);
+    }
     runs.sort_by_key(|r| r.shard.index);
-    let header = check_shards(&runs)?;
+    check_shards(&runs)?;
+    let (identity, header) = (&runs[0].identity, &runs[0].header);
     let options = &header["options"];
 
     let sources = args.plugins.open()?;
-    let tasks: Vec<String> = serde_json::from_value(options["tasks"].clone())
-        .context("the shards' results.json names no options.tasks")?;
-    let specs = resolve_tasks(&tasks, &sources)?;
+    let names: Vec<String> = runs[0].reports.keys().cloned().collect();
+    let specs = task_specs(&names, &sources)?;
     let dirs = if args.plugins.data_dirs.is_empty() {
         recorded_data_dirs(options)
     } else {
         args.plugins.data_dirs()?
     };
-    let flags: BTreeMap<String, BTreeMap<String, String>> =
-        serde_json::from_value(options["options"].clone()).unwrap_or_default();
-    let seed = options["seed"]
+    let number = |key: &str| identity[key].as_u64().map(|n| n as usize);
+    let seed = identity["seed"]
         .as_u64()
-        .context("the shards' results.json has no options.seed")?;
-    let number = |key: &str| options[key].as_u64().map(|n| n as usize);
+        .context("the shards' .progress/run.json has no seed")?;
     // Every item the shards were dealt from: the listed ones, or all.
     let whole = Subset {
-        lists: serde_json::from_value(options[ITEMS_KEY].clone()).ok(),
+        lists: serde_json::from_value(identity[ITEMS_KEY].clone()).ok(),
         ..Subset::default()
     };
 
-    let mut by_task: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
-    for r in &mut runs {
-        for s in r.samples.drain(..) {
-            by_task.entry(s.task.clone()).or_default().push(s);
-        }
-    }
-
-    let mut reports = Vec::new();
-    let mut all_samples = Vec::new();
+    let mut joined = Vec::new();
     for (task, sub) in &specs {
         let name = sub.clone().unwrap_or_else(|| task.clone());
         let source = sources
@@ -258,96 +269,134 @@ pub fn run(args: MergeShardsArgs) -> Result<()> {
             .find(|s| &s.describe().name == task)
             .expect("resolved")
             .as_ref();
+        let recorded = |r: &ShardRun| -> Result<Value> {
+            r.store.task_identity(&name)?.ok_or_else(|| {
+                refuse(format!(
+                    "{}: no .progress task.json for {name}",
+                    r.dir.display()
+                ))
+            })
+        };
+        let first = recorded(&runs[0])?;
         let load = LoadOptions {
             num_fewshot: number("num_fewshot"),
             limit: number("limit"),
             max_new_tokens: number("max_new_tokens"),
-            flags: flags.get(task).cloned().unwrap_or_default(),
+            flags: serde_json::from_value(first["protocol"]["flags"].clone()).unwrap_or_default(),
         };
-        let loaded = source
-            .load(dirs.of(task), &load, seed)
+        let data_dir = if source.uses_data_dir() {
+            dirs.of(task)?.to_owned()
+        } else {
+            PathBuf::new()
+        };
+        let timeout = options["program_time_limit_s"].as_f64();
+        let p = prepare(source, &name, sub.as_ref(), &load, &data_dir, seed, timeout)
             .with_context(|| format!("{name}: loading the task again"))?;
-        let expected: Vec<usize> = whole
-            .of(&name, sub.as_deref(), loaded.items()?)?
-            .into_iter()
-            .map(|i| i.doc_id)
-            .collect();
-
-        let mut samples: BTreeMap<usize, Sample> = BTreeMap::new();
-        for s in by_task.remove(&name).unwrap_or_default() {
-            let id = s.doc_id;
-            if samples.insert(id, s).is_some() {
-                bail!("{name}: item {id} is in more than one shard");
-            }
-        }
-        let got: BTreeSet<usize> = samples.keys().copied().collect();
-        let want: BTreeSet<usize> = expected.iter().copied().collect();
-        if got != want {
-            let missing: Vec<String> = want.difference(&got).map(|i| i.to_string()).collect();
-            let extra: Vec<String> = got.difference(&want).map(|i| i.to_string()).collect();
-            bail!(
-                "{name}: the shards do not hold exactly the task's items (missing: [{}]; not the task's: [{}])",
-                missing.join(", "),
-                extra.join(", ")
-            );
-        }
-
-        let hashes = data_hashes(&loaded.data_files())?;
-        let (mut wall_seconds, mut stats, mut computed) = (0.0, Stats::default(), 0);
+        let now = p.identity();
         for r in &runs {
-            let Some(t) = r.tasks.get(&name) else {
-                bail!("{}: holds no results for {name}", r.dir.display());
-            };
-            let recorded: BTreeMap<String, String> =
-                serde_json::from_value(t["data_files"].clone()).unwrap_or_default();
-            if recorded != hashes {
-                bail!(
-                    "{name}: the data files hash differently now than when {} was scored; merge with the data the shards read (--data-dir)",
-                    r.dir.display()
-                );
-            }
-            wall_seconds += t["wall_seconds"].as_f64().unwrap_or(0.0);
-            computed += t["items_computed"].as_u64().unwrap_or(0) as usize;
-            if let Ok(s) = serde_json::from_value::<Stats>(t["tokens"].clone()) {
-                stats.add(&s);
+            let changes = differences(&recorded(r)?, &now, "");
+            if !changes.is_empty() {
+                return Err(refuse(format!(
+                    "{}: {name} was scored from other inputs than the task has now ({}, in its .progress task.json); merge with the benchmarks and data the shards read (--include-path, --plugin, --data-dir)",
+                    r.dir.display(),
+                    changes.join(", ")
+                )));
             }
         }
-        let run = TaskRun {
-            samples: samples.into_values().collect(),
-            wall_seconds,
-            stats,
-            computed,
-        };
-        reports.push(TaskReport::new(
+
+        let mut chunks = Vec::new();
+        let mut owner: BTreeMap<usize, &Path> = BTreeMap::new();
+        let mut computed = 0;
+        for r in &runs {
+            for (cost, samples) in r.store.chunks(&name)? {
+                for s in &samples {
+                    if let Some(other) = owner.insert(s.doc_id, &r.dir) {
+                        return Err(refuse(format!(
+                            "{name}: item {} is in both {} and {}",
+                            s.doc_id,
+                            other.display(),
+                            r.dir.display()
+                        )));
+                    }
+                }
+                chunks.push((cost, samples));
+            }
+            computed += r.reports[&name]["items_computed"].as_u64().unwrap_or(0) as usize;
+        }
+        let want: BTreeSet<usize> = whole.of(&name, p.items)?.iter().map(|i| i.doc_id).collect();
+        let got: BTreeSet<usize> = owner.keys().copied().collect();
+        if got != want {
+            let list = |s: BTreeSet<&usize>| {
+                s.into_iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(refuse(format!(
+                "{name}: the shards do not hold exactly the task's items (missing: [{}]; not the task's: [{}])",
+                list(want.difference(&got).collect()),
+                list(got.difference(&want).collect())
+            )));
+        }
+
+        let mut samples: Vec<Sample> = chunks.iter().flat_map(|(_, s)| s.clone()).collect();
+        samples.sort_by_key(|s| s.doc_id);
+        let mut cost = ChunkCost::default();
+        for (c, _) in &chunks {
+            cost.tokens.add(&c.tokens);
+            cost.wall_seconds += c.wall_seconds;
+        }
+        let report = TaskReport::new(
             &name,
-            source,
-            loaded.info().clone(),
-            &run,
-            &|scores| loaded.aggregate(scores),
-            hashes,
-        ));
-        all_samples.push(run.samples);
-    }
-    if let Some(task) = by_task.keys().next() {
-        bail!("the shards hold samples of {task}, which their tasks do not name");
+            source.describe(),
+            // As the shards recorded it (the library's path included).
+            runs[0].reports[&name]["plugin"].clone(),
+            p.task.info().clone(),
+            &samples,
+            &cost,
+            computed,
+            &|scores| p.task.aggregate(scores),
+            p.data_files.clone(),
+        );
+        joined.push(Joined {
+            name,
+            identity: now,
+            chunks,
+            report,
+        });
     }
 
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("{}: cannot create", args.output.display()))?;
-    let samples: Vec<&[Sample]> = all_samples.iter().map(Vec::as_slice).collect();
-    let wall: f64 = runs.iter().map(|r| r.wall_seconds).sum();
-    report::write_all(
-        &args.output,
-        header,
-        &reports,
-        &BTreeMap::new(),
-        &samples,
-        wall,
-    )?;
+    // Written only once everything is checked: a refused merge leaves no output.
+    std::fs::create_dir_all(&output)
+        .with_context(|| format!("{}: cannot create", output.display()))?;
+    let mut unsharded = identity.clone();
+    unsharded
+        .as_object_mut()
+        .expect("run.json is an object")
+        .remove(CHUNK_KEY);
+    let store = RunStore::open(&output, &unsharded)?;
+    for j in &joined {
+        store.begin_task(&j.name, &j.identity)?;
+        store.forget_items(&j.name)?;
+        for (cost, samples) in &j.chunks {
+            store.save(&j.name, samples, cost)?;
+        }
+        store.finish_task(&j.name, &serde_json::to_value(&j.report)?)?;
+    }
+    let finished = store.finished_tasks()?;
+    let mut header = header.clone();
+    let mut in_report: Vec<&str> = finished
+        .iter()
+        .filter_map(|t| t.report["task"].as_str())
+        .collect();
+    in_report.sort();
+    header["options"]["tasks"] = serde_json::json!(in_report);
+    report::write_all(&output, &header, &finished, &BTreeMap::new())?;
     eprintln!(
-        "joined {} shards into {}/results.json, samples.jsonl, results.csv, results.md",
+        "joined {} shards into {}/results.json, samples.jsonl, results.csv, results.md ({} tasks)",
         runs.len(),
-        args.output.display()
+        output.display(),
+        joined.len()
     );
     Ok(())
 }

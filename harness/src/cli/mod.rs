@@ -2,12 +2,15 @@
 
 mod bench;
 mod convert;
+mod data;
 mod debug;
 mod exec;
 mod merge_shards;
 mod models;
+mod output;
 mod report;
 mod score;
+mod values;
 
 use std::path::PathBuf;
 
@@ -17,8 +20,15 @@ use clap::{Args, Parser, Subcommand};
 use dtm_harness::device::{self, DeviceKind, Precision};
 use dtm_harness::engine::{EngineOptions, EnsembleMode};
 
+pub use output::{exit_code, is_broken_pipe, message};
+
+/// What the exit status means; printed by `--help`.
+pub const EXIT_CODES: &str = "Exit status: 0 success; 1 some tasks failed, the results of the others are written; \
+2 usage error (bad flags or task names); 3 bad input (a model, data file, plugin or output folder that cannot be used); \
+4 internal error.";
+
 #[derive(Parser)]
-#[command(name = "harness", version, about = "Evaluate language models the way research papers do", long_about = None)]
+#[command(name = "harness", version, about = "Evaluate language models the way research papers do", long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +46,7 @@ enum Command {
     /// greedy generation.
     Bench(bench::BenchArgs),
     /// Score a model on benchmarks; writes results.json, samples.jsonl, results.csv, results.md.
+    #[command(after_help = EXIT_CODES)]
     Score(Box<score::ScoreArgs>),
     /// Join the outputs of `harness score --shard 1/N … N/N` into the run an unsharded
     /// `harness score` writes.
@@ -50,6 +61,9 @@ enum Command {
     /// Write a checkpoint (HF folder or GGUF) as a Hugging Face folder: config.json, tokenizer
     /// files, safetensors; optionally with a LoRA adapter merged in.
     Convert(convert::ConvertArgs),
+    /// Download (`fetch`) or check (`verify`) the benchmark data files against the manifest.
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 /// How to load and run a model (or an ensemble of models); shared by every command that needs one.
@@ -70,19 +84,20 @@ pub struct ModelArgs {
     /// reports it as it is; `logits` averages their logits, then takes the log-softmax.
     #[arg(long, value_enum, value_name = "MODE")]
     ensemble: Option<EnsembleMode>,
+    /// Where the model runs: `cpu`, or `cuda` (the first GPU; needs a build with `--features cuda`).
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceKind,
     /// Compute precision (weights are converted at load).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Precision,
-    /// Sequences per forward pass.
-    #[arg(long, default_value_t = 8)]
+    /// Sequences per forward pass (at least 1).
+    #[arg(long, default_value_t = 8, value_parser = values::at_least_one)]
     batch_size: usize,
     /// Shared-prefix KV caches kept for reuse (0 disables prefix reuse).
     #[arg(long, default_value_t = 8)]
     prefix_cache: usize,
-    /// Longest input in tokens (default: the model's max_position_embeddings).
-    #[arg(long)]
+    /// Longest input in tokens, at least 2 (default: the model's max_position_embeddings).
+    #[arg(long, value_parser = values::at_least_two)]
     max_length: Option<usize>,
 }
 
@@ -131,5 +146,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::List(a) => score::list(a),
         Command::Exec(a) => exec::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Data(c) => data::run(c),
     }
 }

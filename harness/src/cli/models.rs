@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{DType, Device};
 use serde_json::{json, Value};
 
@@ -14,6 +14,8 @@ use dtm_harness::checkpoint::{self, LoadedModel};
 use dtm_harness::engine::{Ensemble, EnsembleMode};
 use dtm_harness::error::LoadError;
 use dtm_model::adapter::AnyAdapter;
+
+use super::output::CliError;
 
 /// `--adapter none` stands for "no adapter" where adapters are paired with several models.
 const NO_ADAPTER: &str = "none";
@@ -28,18 +30,19 @@ pub struct Member {
 /// Pairs `--adapter`s with `--model`s: none at all, or exactly one per model in the same order
 /// (`none` for a model without one). `--ensemble` needs at least two models.
 pub fn pair(models: &[PathBuf], adapters: &[PathBuf], ensemble_flag: bool) -> Result<Vec<Member>> {
+    let usage = |m: String| Err(CliError::Usage(m).into());
     if models.is_empty() {
-        bail!("--model is required");
+        return usage("--model is required".into());
     }
     if ensemble_flag && models.len() < 2 {
-        bail!("--ensemble combines several models: give --model at least twice");
+        return usage("--ensemble combines several models: give --model at least twice".into());
     }
     if !adapters.is_empty() && adapters.len() != models.len() {
-        bail!(
+        return usage(format!(
             "--adapter given {} times for {} --model; give one per --model, in the same order (`--adapter {NO_ADAPTER}` for a model without one)",
             adapters.len(),
             models.len()
-        );
+        ));
     }
     Ok(models
         .iter()
@@ -169,25 +172,25 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Adds the models to a run's resume fingerprint. A single model keeps the fields it always
-    /// had (`model`, `model_sha256`, `adapter` only when there is one), so that folders written
-    /// before ensembles existed still resume; an ensemble records its mode and every member in
-    /// order.
+    /// Adds the models to a run's identity (what a resumed run must match), by their hashes
+    /// only: a checkpoint or adapter is the same wherever it lies and however its path is spelt.
+    /// A single model records `model_sha256` (and `adapter_sha256` when it has an adapter); an
+    /// ensemble records its mode and every member's hashes in order.
     pub fn add_to_fingerprint(&self, fingerprint: &mut Value) {
+        let adapter_sha256 = |m: &MemberIdentity| m.adapter.get("sha256").cloned();
         match self.mode {
             None => {
                 let m = &self.members[0];
-                fingerprint["model"] = json!(m.path);
                 fingerprint["model_sha256"] = json!(m.sha256);
-                if !m.adapter.is_null() {
-                    fingerprint["adapter"] = m.adapter.clone();
+                if let Some(h) = adapter_sha256(m) {
+                    fingerprint["adapter_sha256"] = h;
                 }
             }
             Some(mode) => {
                 let members: Vec<Value> = self
                     .members
                     .iter()
-                    .map(|m| json!({"model": m.path, "model_sha256": m.sha256, "adapter": m.adapter}))
+                    .map(|m| json!({"model_sha256": m.sha256, "adapter_sha256": adapter_sha256(m)}))
                     .collect();
                 fingerprint["ensemble"] = json!({"mode": mode, "members": members});
             }

@@ -1,27 +1,32 @@
 //! `harness score` and `harness list`: benchmarks (compiled plugins and lm-eval task YAML files)
 //! run against a model.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use dtm_harness::checkpoint;
+use dtm_harness::data::{self, DataError};
 use dtm_harness::engine::Engine;
-use dtm_harness::evaluate::report::{self, TaskReport};
+use dtm_harness::evaluate::error::EvalError;
+use dtm_harness::evaluate::report::{self, format_value, TaskReport};
 use dtm_harness::evaluate::shard::Shard;
 use dtm_harness::evaluate::source::{LoadedTask, TaskSource};
 use dtm_harness::evaluate::store::RunStore;
 use dtm_harness::evaluate::subset::Subset;
 use dtm_harness::evaluate::{plugins, run_task, ProgramRunner, Progress, SandboxRunner, TaskJob};
-use dtm_plugin_api::{validate, LoadOptions, OutputType};
+use dtm_plugin_api::{validate, Item, LoadOptions, OutputType};
 use dtm_yaml_tasks::DEFAULT_FEWSHOT_SEED;
 
-use super::ModelArgs;
+use super::output::{print_line, CliError};
+use super::{values, ModelArgs};
 
 /// Where benchmarks come from and where their data is; shared by `score` and `list`.
 #[derive(Args, Debug, Clone)]
@@ -40,21 +45,35 @@ pub struct PluginArgs {
     /// the same name (with a warning); without it, that is an error.
     #[arg(long)]
     allow_shadowing: bool,
-    /// Benchmark data: `DIR` for every task (default: $DTM_DATA_DIR, else ../shared/data), or
-    /// `NAME=DIR` for task NAME only (repeatable). YAML tasks read the files they name.
+    /// Benchmark data: `DIR` for every task, or `NAME=DIR` for task NAME only (repeatable).
+    /// Default for every task: $DTM_DATA_DIR, else $XDG_DATA_HOME/dtm/data, else
+    /// ~/.local/share/dtm/data, else the source checkout's ../shared/data (the first that
+    /// exists); `harness data fetch` downloads the data. YAML tasks read the files they name.
     #[arg(long = "data-dir", value_name = "[NAME=]DIR")]
     pub(super) data_dirs: Vec<String>,
 }
 
-/// The data folders: one for every task, and per-task ones.
+/// The data folders, absolute: one for every task, and per-task ones.
 pub(super) struct DataDirs {
-    pub(super) default: PathBuf,
+    /// The folder of every task not in `per_task`, or why there is none (an error only for a
+    /// task that reads it).
+    pub(super) default: std::result::Result<PathBuf, DataError>,
     pub(super) per_task: BTreeMap<String, PathBuf>,
 }
 
 impl DataDirs {
-    pub(super) fn of(&self, task: &str) -> &Path {
-        self.per_task.get(task).unwrap_or(&self.default)
+    pub(super) fn of(&self, task: &str) -> std::result::Result<&Path, DataError> {
+        match self.per_task.get(task) {
+            Some(dir) => Ok(dir),
+            None => self.default.as_deref().map_err(Clone::clone),
+        }
+    }
+
+    /// The default folder for reports (`none` when there is none).
+    fn default_name(&self) -> String {
+        self.default
+            .as_ref()
+            .map_or("none".into(), |d| d.display().to_string())
     }
 }
 
@@ -63,7 +82,7 @@ impl PluginArgs {
         let exe_dir = plugins::exe_dir();
         let candidates = plugins::candidates(exe_dir.as_deref(), &self.plugin_dirs, &self.plugins)?;
         let mut warn = |w: String| eprintln!("warning: {w}");
-        let found = plugins::open_all(&candidates, &self.plugins, &mut warn)?;
+        let found = plugins::open_all(&candidates, &mut warn)?;
         let yaml = dtm_yaml_tasks::discover(&self.include_paths)?;
         let sources = plugins::sources(
             found,
@@ -73,15 +92,17 @@ impl PluginArgs {
             &mut warn,
         )?;
         if sources.is_empty() {
-            bail!(
+            return Err(CliError::BadInput(format!(
                 "no benchmark plugins found next to the harness binary ({}) or in --plugin-dir, and no task files in --include-path; build the plugins with `cargo build --workspace --release`",
                 exe_dir.map_or("unknown".into(), |d| d.display().to_string())
-            );
+            ))
+            .into());
         }
         Ok(sources)
     }
 
-    /// `--data-dir` values: at most one `DIR`, any number of `NAME=DIR` (whose folders must exist).
+    /// `--data-dir` values: at most one `DIR`, any number of `NAME=DIR` (whose folders must
+    /// exist); all made absolute, so that a folder spelt two ways is one folder.
     pub(super) fn data_dirs(&self) -> Result<DataDirs> {
         let mut default = None;
         let mut per_task = BTreeMap::new();
@@ -90,25 +111,30 @@ impl PluginArgs {
                 Some((name, dir))
                     if !name.is_empty() && !name.contains(['/', '\\']) && !dir.is_empty() =>
                 {
-                    let dir = PathBuf::from(dir);
-                    if !dir.is_dir() {
-                        bail!("--data-dir {v}: {} is not a folder", dir.display());
-                    }
+                    let dir = std::fs::canonicalize(dir)
+                        .ok()
+                        .filter(|d| d.is_dir())
+                        .ok_or_else(|| {
+                            CliError::BadInput(format!("--data-dir {v}: {dir} is not a folder"))
+                        })?;
                     if per_task.insert(name.to_owned(), dir).is_some() {
-                        bail!("--data-dir: two folders for `{name}`");
+                        return Err(CliError::Usage(format!(
+                            "--data-dir: two folders for `{name}`"
+                        ))
+                        .into());
                     }
                 }
                 _ => {
                     if default.replace(PathBuf::from(v)).is_some() {
-                        bail!("--data-dir: more than one folder for every task; name the task of the others with NAME=DIR");
+                        return Err(CliError::Usage("--data-dir: more than one folder for every task; name the task of the others with NAME=DIR".into()).into());
                     }
                 }
             }
         }
-        let default = default
-            .or_else(|| std::env::var_os("DTM_DATA_DIR").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("../shared/data"));
-        Ok(DataDirs { default, per_task })
+        Ok(DataDirs {
+            default: data::locate(default.as_deref()),
+            per_task,
+        })
     }
 }
 
@@ -122,20 +148,24 @@ pub struct ListArgs {
 /// there is data), options and metrics. Needs no data folder.
 pub fn list(args: ListArgs) -> Result<()> {
     let dirs = args.plugins.data_dirs()?;
-    println!(
+    print_line(&format!(
         "{:<16} {:<8} {:<16} {:>7}  metrics; options (first value = default)",
         "task", "version", "kind", "items"
-    );
+    ))?;
     for source in args.plugins.open()? {
         let d = source.describe();
-        let data_dir = dirs.of(&d.name);
-        let items = if source.uses_data_dir() && !data_dir.is_dir() {
-            "no data".to_string()
-        } else {
-            match source.load(data_dir, &LoadOptions::default(), DEFAULT_FEWSHOT_SEED) {
-                Ok(task) => task.info().num_items.to_string(),
-                Err(e) => format!("no data ({e:#})"),
+        let items = if source.uses_data_dir() {
+            match dirs.of(&d.name) {
+                Err(_) => "no data".to_string(),
+                Ok(data_dir) => match data::group_of_task(&d.name)
+                    .filter(|g| data::require_group(data_dir, g).is_err())
+                {
+                    Some(group) => format!("no data (`harness data fetch --only {group}`)"),
+                    None => count_items(source.as_ref(), data_dir),
+                },
             }
+        } else {
+            count_items(source.as_ref(), Path::new(""))
         };
         let metrics: Vec<&str> = d.metrics.iter().map(|m| m.name.as_str()).collect();
         let options: Vec<String> = d
@@ -143,7 +173,7 @@ pub fn list(args: ListArgs) -> Result<()> {
             .iter()
             .map(|o| format!("{}={}", o.name, o.values.join("|")))
             .collect();
-        println!(
+        print_line(&format!(
             "{:<16} {:<8} {:<16} {:>7}  {}{}",
             d.name,
             d.version,
@@ -155,9 +185,17 @@ pub fn list(args: ListArgs) -> Result<()> {
             } else {
                 format!("; options: {}", options.join(" "))
             }
-        );
+        ))?;
     }
     Ok(())
+}
+
+/// The item count of a benchmark with its default options, or why it cannot load.
+fn count_items(source: &dyn TaskSource, data_dir: &Path) -> String {
+    match source.load(data_dir, &LoadOptions::default(), DEFAULT_FEWSHOT_SEED) {
+        Ok(task) => task.info().num_items.to_string(),
+        Err(e) => format!("no data ({e})"),
+    }
 }
 
 #[derive(Args)]
@@ -166,21 +204,22 @@ pub struct ScoreArgs {
     model: ModelArgs,
     #[command(flatten)]
     plugins: PluginArgs,
-    /// Comma-separated benchmarks (`gsm8k,mmlu`), subtasks (`mmlu:anatomy`, `bbh:date_understanding`), or `all`.
+    /// Comma-separated benchmarks (`gsm8k,mmlu`), subtasks (`mmlu:anatomy`, `bbh:date_understanding`),
+    /// YAML `tag:` names, or `all`.
     #[arg(long, value_delimiter = ',', required = true)]
     tasks: Vec<String>,
-    /// Folder for results.json, samples.jsonl, results.csv and results.md; a killed run started
-    /// again with the same command resumes from it.
+    /// Folder for results.json, samples.jsonl, results.csv and results.md. A killed run started
+    /// again with the same command resumes from it; a run with other tasks adds to its reports.
     #[arg(long)]
     output: PathBuf,
-    /// The first N test items of each (sub)task, in upstream file order (like lm-eval's --limit).
-    #[arg(long)]
+    /// The first N (at least 1) test items of each (sub)task, in upstream file order (like lm-eval's --limit).
+    #[arg(long, value_parser = values::at_least_one)]
     limit: Option<usize>,
     /// Few-shot examples instead of each benchmark's protocol default.
     #[arg(long)]
     num_fewshot: Option<usize>,
-    /// Cap on generated tokens per request (printed with the results); default: the protocol's.
-    #[arg(long)]
+    /// Cap (at least 1) on generated tokens per request (printed with the results); default: the protocol's.
+    #[arg(long, value_parser = values::at_least_one)]
     max_new_tokens: Option<usize>,
     /// A plugin option, `task.name=value` (repeatable; `harness list` and each plugin's docs name them).
     #[arg(long = "option")]
@@ -189,17 +228,23 @@ pub struct ScoreArgs {
     /// default as in lm-eval); recorded with the results. Decoding is greedy.
     #[arg(long, default_value_t = DEFAULT_FEWSHOT_SEED)]
     seed: u64,
-    /// Items answered per engine call (and saved per chunk).
-    #[arg(long, default_value_t = 64)]
+    /// Items answered per engine call (and saved per chunk); at least 1.
+    #[arg(long, default_value_t = 64, value_parser = values::at_least_one)]
     chunk_size: usize,
-    /// Programs run at once in the sandbox (code benchmarks); 0 = one per CPU.
-    #[arg(long, default_value_t = 0)]
+    /// Programs run at once in the sandbox (code benchmarks); 0 = one per core. More than the
+    /// available cores is capped at their number unless --force-jobs.
+    #[arg(long, default_value_t = 0, value_parser = values::jobs)]
     jobs: usize,
-    /// Memory cap per program in the sandbox, MiB.
-    #[arg(long, default_value_t = 512)]
-    memory_mb: usize,
-    /// Per-program time limit in seconds, instead of the benchmark's (PROTOCOL: 3 s).
+    /// Use --jobs as given even when it exceeds the available cores.
     #[arg(long)]
+    force_jobs: bool,
+    /// Memory cap per program in the sandbox, MiB (1 to 4096).
+    #[arg(long, default_value_t = 512, value_parser = values::memory_mb)]
+    memory_mb: usize,
+    /// Per-program time limit in seconds instead of the benchmark's (PROTOCOL: 3 s): a work
+    /// budget of that many seconds on the reference machine (wasmtime fuel, the same on any
+    /// machine), with 10x as much wall time as a safety net.
+    #[arg(long, value_parser = values::seconds)]
     timeout: Option<f64>,
     /// Do not execute programs: code benchmarks then report pass@1 as unavailable.
     #[arg(long)]
@@ -219,10 +264,16 @@ pub struct ScoreArgs {
     plan: bool,
 }
 
+/// The progress bar on a terminal.
 struct Bar(ProgressBar);
 
 impl Progress for Bar {
     fn start(&self, task: &str, total: usize, already_done: usize) {
+        if already_done > 0 {
+            self.0.println(format!(
+                "{task}: resuming, {already_done}/{total} items already done"
+            ));
+        }
         self.0.set_length(total as u64);
         self.0.set_position(already_done as u64);
         self.0.reset_eta();
@@ -236,15 +287,84 @@ impl Progress for Bar {
     }
 }
 
+/// Progress as plain lines, for logs (stderr is not a terminal): a line when a task starts or
+/// resumes, then one at most every `every`, and one at the end.
+struct Lines {
+    every: Duration,
+    task: RefCell<String>,
+    total: Cell<usize>,
+    done: Cell<usize>,
+    at_start: Cell<usize>,
+    started: Cell<Instant>,
+    printed: Cell<Instant>,
+}
+
+impl Lines {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            task: RefCell::new(String::new()),
+            total: Cell::new(0),
+            done: Cell::new(0),
+            at_start: Cell::new(0),
+            started: Cell::new(Instant::now()),
+            printed: Cell::new(Instant::now()),
+        }
+    }
+}
+
+impl Progress for Lines {
+    fn start(&self, task: &str, total: usize, already_done: usize) {
+        *self.task.borrow_mut() = task.to_owned();
+        self.total.set(total);
+        self.done.set(already_done);
+        self.at_start.set(already_done);
+        self.started.set(Instant::now());
+        self.printed.set(Instant::now());
+        if already_done > 0 {
+            eprintln!("{task}: resuming, {already_done}/{total} items already done");
+        } else {
+            eprintln!("{task}: {total} items");
+        }
+    }
+    fn advance(&self, n: usize) {
+        let done = self.done.get() + n;
+        self.done.set(done);
+        let total = self.total.get();
+        if self.printed.get().elapsed() < self.every && done < total {
+            return;
+        }
+        self.printed.set(Instant::now());
+        let elapsed = self.started.get().elapsed().as_secs_f64();
+        let now = done - self.at_start.get();
+        let left = if now > 0 && done < total {
+            format!(
+                ", about {:.0} s left",
+                elapsed / now as f64 * (total - done) as f64
+            )
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "{}: {done}/{total} items ({:.0}%), {elapsed:.0} s{left}",
+            self.task.borrow(),
+            100.0 * done as f64 / total.max(1) as f64
+        );
+    }
+    fn finish(&self) {}
+}
+
 /// `task.name=value` options grouped by task.
 fn parse_options(options: &[String]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
     let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for o in options {
-        let Some((key, value)) = o.split_once('=') else {
-            bail!("--option {o:?}: expected task.name=value")
-        };
-        let Some((task, name)) = key.split_once('.') else {
-            bail!("--option {o:?}: expected task.name=value")
+        let parsed = o
+            .split_once('=')
+            .and_then(|(key, value)| Some((key.split_once('.')?, value)));
+        let Some(((task, name), value)) = parsed else {
+            return Err(
+                CliError::Usage(format!("--option {o:?}: expected task.name=value")).into(),
+            );
         };
         out.entry(task.to_owned())
             .or_default()
@@ -253,30 +373,55 @@ fn parse_options(options: &[String]) -> Result<BTreeMap<String, BTreeMap<String,
     Ok(out)
 }
 
-/// sha256 of each file a task read, by the name the task reports.
-pub(super) fn data_hashes(files: &[(String, PathBuf)]) -> Result<BTreeMap<String, String>> {
-    files
-        .iter()
-        .map(|(name, path)| Ok((name.clone(), checkpoint::sha256_file(path)?)))
-        .collect()
+/// One (task, subtask) pair of `--tasks`, with the entry that named it.
+struct Spec {
+    task: String,
+    sub: Option<String>,
+    /// The `--tasks` entry (`mmlu:anatomy`, a tag, `all`).
+    named: String,
+    /// Named through `all` or a YAML tag rather than by itself.
+    grouped: bool,
 }
 
-/// `--tasks` resolved: (benchmark, subtask) pairs; a YAML `tag:` names every task carrying it.
-pub(super) fn resolve_tasks(
-    tasks: &[String],
+/// The (task, subtask) pairs `--tasks` names, refusing unknown, repeated or overlapping ones. A
+/// whole task reached again through `all` or a tag is taken once.
+pub(super) fn task_specs(
+    requested: &[String],
     sources: &[Box<dyn TaskSource>],
 ) -> Result<Vec<(String, Option<String>)>> {
     let by_name = |name: &str| sources.iter().find(|p| p.describe().name == name);
-    let mut specs: Vec<(String, Option<String>)> = Vec::new();
-    let mut push = |spec: (String, Option<String>)| {
-        if !specs.contains(&spec) {
-            specs.push(spec);
+    let mut specs: Vec<Spec> = Vec::new();
+    let mut push = |spec: Spec| -> Result<(), CliError> {
+        for earlier in &specs {
+            let overlap = earlier.task == spec.task
+                && (earlier.sub.is_none() || spec.sub.is_none() || earlier.sub == spec.sub);
+            if !overlap {
+                continue;
+            }
+            if (earlier.grouped || spec.grouped) && earlier.sub.is_none() && spec.sub.is_none() {
+                return Ok(());
+            }
+            return Err(CliError::Usage(if earlier.named == spec.named {
+                format!("--tasks names `{}` twice", spec.named)
+            } else {
+                format!(
+                    "--tasks names both `{}` and `{}`, which overlap; name one of them",
+                    earlier.named, spec.named
+                )
+            }));
         }
+        specs.push(spec);
+        Ok(())
     };
-    for t in tasks {
+    for t in requested {
         if t == "all" {
             for p in sources {
-                push((p.describe().name.clone(), None));
+                push(Spec {
+                    task: p.describe().name.clone(),
+                    sub: None,
+                    named: t.clone(),
+                    grouped: true,
+                })?;
             }
             continue;
         }
@@ -291,36 +436,137 @@ pub(super) fn resolve_tasks(
                 .collect();
             if tagged.is_empty() {
                 let known: Vec<&str> = sources.iter().map(|p| p.describe().name.as_str()).collect();
-                bail!(
+                return Err(CliError::Usage(format!(
                     "unknown task `{task}` (benchmarks found: {})",
                     known.join(", ")
-                );
+                ))
+                .into());
             }
             for s in tagged {
-                push((s.describe().name.clone(), None));
+                push(Spec {
+                    task: s.describe().name.clone(),
+                    sub: None,
+                    named: t.clone(),
+                    grouped: true,
+                })?;
             }
             continue;
         };
         if let Some(sub) = &sub {
             if !source.describe().subtasks.contains(sub) {
-                bail!("`{task}` has no subtask `{sub}`; `harness list` names the tasks, the plugin's description its subtasks");
+                return Err(CliError::Usage(format!("`{task}` has no subtask `{sub}`; `harness list` names the tasks, the plugin's description its subtasks")).into());
             }
         }
-        push((task.to_owned(), sub));
+        push(Spec {
+            task: task.to_owned(),
+            sub,
+            named: t.clone(),
+            grouped: false,
+        })?;
     }
-    Ok(specs)
+    Ok(specs.into_iter().map(|s| (s.task, s.sub)).collect())
 }
 
-/// A task ready to run: its source, loaded task and selected items.
-struct Prepared<'a> {
-    name: String,
+/// sha256 of each file a task read, by the name the task reports.
+fn data_hashes(files: &[(String, PathBuf)]) -> Result<BTreeMap<String, String>> {
+    files
+        .iter()
+        .map(|(name, path)| Ok((name.clone(), checkpoint::sha256_file(path)?)))
+        .collect()
+}
+
+/// The benchmark's definition as results.json records it and as a resumed run must find it
+/// again: name, version and sha256 of the plugin library or task file (and of every file a YAML
+/// task includes, by its path relative to the task file's folder).
+fn source_identity(source: &dyn TaskSource) -> Result<Value> {
+    let d = source.describe();
+    let mut identity = json!({
+        "name": d.name,
+        "version": d.version,
+        "path": source.path().display().to_string(),
+        "sha256": checkpoint::sha256_file(source.path())?,
+        "kind": source.kind().name(),
+    });
+    let includes = source.definition_files();
+    if !includes.is_empty() {
+        let base = source.path().parent().unwrap_or(Path::new(""));
+        let mut hashes = BTreeMap::new();
+        for f in includes {
+            let name = f.strip_prefix(base).unwrap_or(&f).display().to_string();
+            hashes.insert(name, checkpoint::sha256_file(&f)?);
+        }
+        identity["includes"] = json!(hashes);
+    }
+    Ok(identity)
+}
+
+/// A task ready to run: its source, loaded task, items, and what its results depend on.
+pub(super) struct Prepared<'a> {
+    pub(super) name: String,
+    pub(super) source: &'a dyn TaskSource,
+    pub(super) task: Box<dyn LoadedTask>,
+    pub(super) items: Vec<Item>,
+    /// What results.json records of the benchmark (see [`source_identity`]).
+    pub(super) plugin_identity: Value,
+    pub(super) data_files: BTreeMap<String, String>,
+    timeout_s: Option<f64>,
+}
+
+impl Prepared<'_> {
+    /// What the task's items depend on beyond the run's settings: the benchmark's definition,
+    /// its data and its protocol settings (options included). Paths are not part of it: the
+    /// files are identified by their hashes, wherever they are.
+    pub(super) fn identity(&self) -> Value {
+        let p = &self.plugin_identity;
+        let mut plugin = json!({"name": p["name"], "version": p["version"], "sha256": p["sha256"]});
+        if let Some(includes) = p.get("includes") {
+            plugin["includes"] = includes.clone();
+        }
+        json!({
+            "plugin": plugin,
+            "data_files": self.data_files,
+            "protocol": self.task.info(),
+            "program_time_limit_s": self.timeout_s,
+        })
+    }
+}
+
+/// Reads one task's data and builds its items, checked against its description.
+pub(super) fn prepare<'a>(
     source: &'a dyn TaskSource,
-    task: Box<dyn LoadedTask>,
-    items: Vec<dtm_plugin_api::Item>,
+    name: &str,
+    sub: Option<&String>,
+    load: &LoadOptions,
+    data_dir: &Path,
+    seed: u64,
+    timeout: Option<f64>,
+) -> Result<Prepared<'a>> {
+    let description = source.describe();
+    if source.uses_data_dir() {
+        if let Some(group) = data::group_of_task(&description.name) {
+            data::require_group(data_dir, group)?;
+        }
+    }
+    let task = source.load(data_dir, load, seed)?;
+    let items = task.items()?;
+    validate::items(description, &items).map_err(EvalError::Contract)?;
+    let items: Vec<Item> = items
+        .into_iter()
+        .filter(|i| sub.is_none_or(|s| &i.subtask == s))
+        .collect();
+    let data_files = data_hashes(&task.data_files())?;
+    Ok(Prepared {
+        name: name.to_owned(),
+        source,
+        plugin_identity: source_identity(source)?,
+        task,
+        items,
+        data_files,
+        timeout_s: timeout.or(description.program_timeout_s),
+    })
 }
 
 pub fn score(args: ScoreArgs) -> Result<()> {
-    let started = Instant::now();
     let sources = args.plugins.open()?;
     let by_name = |name: &str| {
         sources
@@ -330,17 +576,23 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     };
     // --model/--adapter/--ensemble are checked before anything loads.
     args.model.members()?;
-    let specs = resolve_tasks(&args.tasks, &sources)?;
+    let specs = task_specs(&args.tasks, &sources)?;
     let options = parse_options(&args.options)?;
     for task in options.keys() {
         if !specs.iter().any(|(t, _)| t == task) {
-            bail!("--option for `{task}`, which is not among --tasks");
+            return Err(CliError::Usage(format!(
+                "--option for `{task}`, which is not among --tasks"
+            ))
+            .into());
         }
     }
     let dirs = args.plugins.data_dirs()?;
     for task in dirs.per_task.keys() {
         if !specs.iter().any(|(t, _)| t == task) {
-            bail!("--data-dir for `{task}`, which is not among --tasks");
+            return Err(CliError::Usage(format!(
+                "--data-dir for `{task}`, which is not among --tasks"
+            ))
+            .into());
         }
     }
     let load_options = |task: &str| LoadOptions {
@@ -349,7 +601,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         max_new_tokens: args.max_new_tokens,
         flags: options.get(task).cloned().unwrap_or_default(),
     };
-    // A plugin whose description contradicts itself fails its task (recorded, the others go
+    // A benchmark whose description contradicts itself fails its task (recorded, the others go
     // on); options and data folders are checked before the model loads: a typo costs no model
     // load.
     let mut errors: BTreeMap<String, String> = BTreeMap::new();
@@ -362,18 +614,14 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             continue;
         }
         source.check_options(&load_options(task))?;
-        let dir = dirs.of(task);
-        if source.uses_data_dir() && !dir.is_dir() {
-            bail!(
-                "{}: benchmark data folder of `{task}` not found; pass --data-dir [{task}=]DIR or set DTM_DATA_DIR",
-                dir.display()
-            );
+        if source.uses_data_dir() {
+            dirs.of(task)?;
         }
     }
 
     let subset = Subset::from_args(args.items.as_deref(), args.shard, args.chunk_size, &specs)?;
     // Every task's data is read and its items built before the model loads; a task that fails
-    // here is reported and the others go on.
+    // here (a broken plugin, a missing or short data file) is reported and the others go on.
     let mut prepared: Vec<Prepared> = Vec::new();
     for (task, sub) in &specs {
         let source = by_name(task).expect("resolved");
@@ -381,28 +629,36 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         if errors.contains_key(&name) {
             continue;
         }
-        let loaded = source
-            .load(dirs.of(task), &load_options(task), args.seed)
-            .and_then(|t| {
-                let items = t.items()?;
-                validate::items(source.describe(), &items).map_err(anyhow::Error::msg)?;
-                Ok((items, t))
-            });
-        match loaded {
-            Ok((items, task)) => prepared.push(Prepared {
-                items: subset.of(&name, sub.as_deref(), items)?,
-                name,
-                source,
-                task,
-            }),
+        let data_dir = if source.uses_data_dir() {
+            dirs.of(task)?.to_owned()
+        } else {
+            PathBuf::new()
+        };
+        match prepare(
+            source,
+            &name,
+            sub.as_ref(),
+            &load_options(task),
+            &data_dir,
+            args.seed,
+            args.timeout,
+        ) {
+            Ok(mut p) => {
+                p.items = subset.of(&p.name, std::mem::take(&mut p.items))?;
+                prepared.push(p);
+            }
             Err(e) => {
-                eprintln!("error: {name}: {e:#}");
-                errors.insert(name, format!("{e:#}"));
+                let e = super::message(&e);
+                eprintln!("error: {name}: {e}");
+                errors.insert(name, e);
             }
         }
     }
     if prepared.is_empty() {
-        bail!("every task failed before scoring (see the errors above)");
+        return Err(CliError::BadInput(
+            "every task failed before scoring (see the errors above)".into(),
+        )
+        .into());
     }
     if args.plan {
         let tasks: Vec<_> = prepared
@@ -414,139 +670,160 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             args.model.max_length,
             &tasks,
         )?;
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        print_line(&serde_json::to_string_pretty(&plan)?)?;
         return Ok(());
+    }
+    let execute = !args.no_exec;
+    let needs_sandbox = execute
+        && prepared
+            .iter()
+            .any(|p| p.source.describe().output_type == OutputType::Code);
+    let (jobs, jobs_note) = values::effective_jobs(args.jobs, args.force_jobs);
+    if let Some(note) = jobs_note.filter(|_| needs_sandbox) {
+        eprintln!("note: {note}");
     }
 
     eprintln!("loading {}", args.model.describe());
     let models = args.model.load()?;
-    let identity = models.identity()?;
-    let mut fingerprint = json!({
-        "dtype": format!("{:?}", args.model.dtype).to_lowercase(),
+    let model_identity = models.identity()?;
+    let dtype = format!("{:?}", args.model.dtype).to_lowercase();
+    // What every task's results depend on besides the task itself. Paths are not part of it:
+    // models, adapters and data are identified by their hashes, wherever they are.
+    let mut identity = json!({
+        "dtype": dtype,
         "max_length": args.model.max_length,
-        "data_dir": dirs.default.display().to_string(),
-        "task_data_dirs": dirs.per_task,
         "limit": args.limit,
         "num_fewshot": args.num_fewshot,
         "max_new_tokens": args.max_new_tokens,
-        "options": options,
         "seed": args.seed,
-        "execute_programs": !args.no_exec,
-        "program_timeout": args.timeout,
+        "execute_programs": execute,
         "program_memory_mb": args.memory_mb,
+        "sandbox_fuel_per_second": dtm_sandbox::FUEL_PER_SECOND,
     });
-    identity.add_to_fingerprint(&mut fingerprint);
-    subset.record(&mut fingerprint);
+    model_identity.add_to_fingerprint(&mut identity);
+    subset.record(&mut identity);
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("{}: cannot create", args.output.display()))?;
-    let store = RunStore::open(&args.output, &fingerprint)?;
-    let mut engine = Engine::new(models.ensemble()?, args.model.engine_options());
-    let bar = Bar(ProgressBar::new(0).with_style(
-        ProgressStyle::with_template(
-            "{msg:>24} [{bar:30}] {pos}/{len} items, {elapsed} elapsed, ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    ));
+    let store = RunStore::open(&args.output, &identity)?;
+    // Every task is checked against the saved work before any is computed, so a run refused for
+    // changed inputs changes nothing.
+    for p in &prepared {
+        store.begin_task(&p.name, &p.identity())?;
+    }
 
-    let needs_sandbox = !args.no_exec
-        && prepared
-            .iter()
-            .any(|p| p.source.describe().output_type == OutputType::Code);
+    let mut engine = Engine::new(models.ensemble()?, args.model.engine_options());
+    let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
+        Box::new(Bar(ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "{msg:>24} [{bar:30}] {pos}/{len} items, {elapsed} elapsed, ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        )))
+    } else {
+        Box::new(Lines::new(Duration::from_secs(15)))
+    };
     let runner = if needs_sandbox {
         let sandbox = dtm_sandbox::Sandbox::new(dtm_sandbox::SandboxConfig::default()).context(
             "code benchmarks need the sandbox (or pass --no-exec to report pass@1 as unavailable)",
         )?;
-        let limits = dtm_sandbox::Limits {
-            memory_bytes: args.memory_mb << 20,
-            ..dtm_sandbox::Limits::default()
-        };
         Some(SandboxRunner {
             sandbox,
-            limits,
-            jobs: args.jobs,
+            limits: dtm_sandbox::Limits {
+                memory_bytes: args.memory_mb << 20,
+                ..dtm_sandbox::Limits::default()
+            },
+            jobs,
         })
     } else {
         None
     };
 
-    let mut reports = Vec::new();
-    let mut all_samples = Vec::new();
     for p in &prepared {
         let description = p.source.describe();
-        let name = &p.name;
         let job = TaskJob {
             task: p.task.as_ref(),
             description,
-            name,
+            name: &p.name,
             items: &p.items,
             code: description.output_type == OutputType::Code,
-            timeout_s: args.timeout.or(description.program_timeout_s),
+            timeout_s: p.timeout_s,
         };
         let runner = runner.as_ref().map(|r| r as &dyn ProgramRunner);
-        let run = match run_task(&mut engine, &job, runner, &store, args.chunk_size, &bar) {
+        let run = match run_task(
+            &mut engine,
+            &job,
+            runner,
+            &store,
+            args.chunk_size,
+            &*progress,
+        ) {
             Ok(run) => run,
             Err(e) => {
-                eprintln!("error: {name}: {e:#}");
-                errors.insert(name.clone(), format!("{e:#}"));
+                let e = super::message(&e.into());
+                eprintln!("error: {}: {e}", p.name);
+                errors.insert(p.name.clone(), e);
                 continue;
             }
         };
-        let hashes = data_hashes(&p.task.data_files())?;
         let report = TaskReport::new(
-            name,
-            p.source,
+            &p.name,
+            description,
+            p.plugin_identity.clone(),
             p.task.info().clone(),
-            &run,
+            &run.samples,
+            &run.cost,
+            run.computed,
             &|scores| p.task.aggregate(scores),
-            hashes,
+            p.data_files.clone(),
         );
-        let headline = report
-            .metrics
-            .get(&report.headline_metric)
-            .and_then(|m| m["value"].as_f64());
+        store.finish_task(&p.name, &serde_json::to_value(&report)?)?;
+        let (value, _) = report.headline();
         eprintln!(
-            "{name}: {} = {} over {} items ({:.1} s; tokens requested {}, forwarded {})",
+            "{}: {} = {} over {} items ({:.1} s; tokens requested {}, forwarded {}, generated {})",
+            p.name,
             report.headline_metric,
-            headline.map_or("unavailable".into(), |v| format!("{:.4}", v)),
+            format_value(value),
             run.samples.len(),
-            run.wall_seconds,
-            run.stats.requested,
-            run.stats.forwarded
+            report.wall_seconds,
+            report.tokens.requested,
+            report.tokens.forwarded,
+            report.tokens.generated
         );
-        reports.push(report);
-        all_samples.push(run.samples);
     }
+
+    // The reports hold every finished task of the folder, this run's and earlier runs'.
+    let finished = store.finished_tasks()?;
+    let mut in_report: Vec<String> = finished
+        .iter()
+        .filter_map(|t| t.report["task"].as_str().map(str::to_owned))
+        .collect();
+    in_report.sort();
     let mut header = json!({
         "harness_version": env!("CARGO_PKG_VERSION"),
-        "model": identity.header(),
+        "model": model_identity.header(),
         "options": {
-            "tasks": args.tasks, "limit": args.limit, "num_fewshot": args.num_fewshot, "max_new_tokens": args.max_new_tokens,
-            "options": options, "batch_size": args.model.batch_size, "seed": args.seed, "dtype": fingerprint["dtype"],
-            "device": format!("{:?}", args.model.device).to_lowercase(), "data_dir": dirs.default.display().to_string(),
+            "tasks": in_report, "limit": args.limit, "num_fewshot": args.num_fewshot, "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.model.batch_size, "seed": args.seed, "dtype": dtype,
+            "device": format!("{:?}", args.model.device).to_lowercase(), "data_dir": dirs.default_name(),
             "task_data_dirs": dirs.per_task,
+            "execute_programs": execute, "program_memory_mb": args.memory_mb, "program_time_limit_s": args.timeout,
         },
     });
     subset.record(&mut header["options"]);
-    let samples: Vec<&[_]> = all_samples.iter().map(Vec::as_slice).collect();
-    report::write_all(
-        &args.output,
-        header,
-        &reports,
-        &errors,
-        &samples,
-        started.elapsed().as_secs_f64(),
-    )?;
+    report::write_all(&args.output, &header, &finished, &errors)?;
     eprintln!(
-        "wrote {}/results.json, samples.jsonl, results.csv, results.md",
-        args.output.display()
+        "wrote {}/results.json, samples.jsonl, results.csv, results.md ({} tasks)",
+        args.output.display(),
+        finished.len()
     );
     if !errors.is_empty() {
-        bail!(
-            "{} of {} tasks failed (see the errors above; results.json lists them under \"errors\")",
-            errors.len(),
-            specs.len()
-        );
+        return Err(CliError::TasksFailed {
+            failed: errors.len(),
+            total: specs.len(),
+            dir: args.output.clone(),
+        }
+        .into());
     }
     Ok(())
 }

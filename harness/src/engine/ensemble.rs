@@ -9,8 +9,9 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::next_token::{log_softmax_f64, NextToken};
-use super::same_tokenizer;
+use super::{check_finite, same_tokenizer};
 use crate::checkpoint::LoadedModel;
+use crate::error::Result;
 use crate::model::{Batch, KvCache};
 use crate::tokenizer::TextTokenizer;
 
@@ -145,12 +146,15 @@ impl<'m> Ensemble<'m> {
     }
 
     /// The combined next-token distribution at the `(row, position)` pairs of a `forward` output.
-    pub fn next_token(
-        &self,
-        hidden: &Hidden,
-        at: &[(usize, usize)],
-    ) -> candle_core::Result<NextToken> {
-        let logits = |i: usize| self.members[i].decoder.logits_at(&hidden.0[i], at);
+    /// Every target log-probability and greedy step comes from here, so a member whose logits are
+    /// NaN or infinite is refused here, by name.
+    pub fn next_token(&self, hidden: &Hidden, at: &[(usize, usize)]) -> Result<NextToken> {
+        let logits = |i: usize| -> Result<Tensor> {
+            let member = self.members[i];
+            let logits = member.decoder.logits_at(&hidden.0[i], at)?;
+            check_finite(&logits, member)?;
+            Ok(logits)
+        };
         if self.members.len() == 1 {
             return Ok(NextToken::logits(logits(0)?));
         }

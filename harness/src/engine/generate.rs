@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::ensemble::EnsembleCache;
 use super::prefix_cache::common_prefix_len;
 use super::{Engine, Stats};
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 use crate::model::Batch;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,11 +42,16 @@ impl Engine<'_> {
         for r in requests {
             let mut ids = tokenizer.encode_document(&r.context)?;
             if ids.is_empty() {
-                ids.extend(
-                    tokenizer
-                        .bos_token_id()
-                        .or_else(|| tokenizer.eos_token_ids().first().copied()),
-                );
+                let start = tokenizer
+                    .bos_token_id()
+                    .or_else(|| tokenizer.eos_token_ids().first().copied())
+                    .ok_or_else(|| {
+                        RuntimeError::Request(
+                            "empty prompt, and the tokenizer has neither BOS nor EOS to stand for it"
+                                .into(),
+                        )
+                    })?;
+                ids.push(start);
             }
             // Leave room for the generation, cutting the prompt from the left (lm-eval's rule).
             let room = max.saturating_sub(r.max_new_tokens).max(1);
@@ -69,6 +74,17 @@ impl Engine<'_> {
             }
         }
         let mut out: Vec<Option<Generation>> = vec![None; requests.len()];
+        // A budget of no tokens generates nothing (and runs nothing).
+        order.retain(|&i| {
+            let empty = requests[i].max_new_tokens == 0;
+            if empty {
+                out[i] = Some(Generation {
+                    text: String::new(),
+                    ids: Vec::new(),
+                });
+            }
+            !empty
+        });
         for chunk in order.chunks(self.options.batch_size.max(1)) {
             for (i, generation) in self.generate_batch(requests, &prompts, &shared, chunk)? {
                 out[i] = Some(generation);

@@ -90,6 +90,9 @@ impl Engine<'_> {
     /// Log-probability of every token of each document, in windows of the model's length, each
     /// window seeing the tokens right before it (lm-eval's rolling windows).
     pub fn loglikelihood_rolling(&mut self, documents: &[String]) -> Result<Vec<RollingResult>> {
+        if documents.is_empty() {
+            return Ok(Vec::new());
+        }
         let tokenizer = self.model.tokenizer();
         let start = tokenizer
             .bos_token_id()

@@ -16,7 +16,10 @@ pub mod same_tokenizer;
 pub mod stats;
 pub mod tokenize;
 
+use candle_core::{DType, Tensor, D};
+
 use crate::checkpoint::LoadedModel;
+use crate::error::{Result, RuntimeError};
 
 pub use ensemble::{Ensemble, EnsembleError, EnsembleMode};
 pub use generate::{GenerateRequest, Generation};
@@ -86,5 +89,23 @@ impl<'m> Engine<'m> {
             .max_length
             .unwrap_or(self.model.max_position_embeddings())
             .max(2)
+    }
+}
+
+/// Fails when any row of `logits` holds NaN or infinity (a broken checkpoint, or values that
+/// overflow the dtype), naming the model (an ensemble's member, with its adapter), instead of
+/// letting NaN reach the scores.
+pub(crate) fn check_finite(logits: &Tensor, model: &LoadedModel) -> Result<()> {
+    let sums = logits
+        .sum_keepdim(D::Minus1)?
+        .flatten_all()?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
+    if sums.iter().all(|s| s.is_finite()) {
+        Ok(())
+    } else {
+        Err(RuntimeError::NonFiniteLogits {
+            model: ensemble::describe(model),
+        })
     }
 }

@@ -8,22 +8,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use super::error::{EvalError, Result};
 
 /// Item lists by task name.
 pub type ItemLists = BTreeMap<String, Vec<usize>>;
 
 /// Reads an item-list file.
 pub fn read(path: &Path) -> Result<ItemLists> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, "cannot read", e))?;
     serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
+        EvalError::Items(format!(
             "{}:{}:{}: {e}; expected {{\"TASK\": [doc_id, …], …}}",
             path.display(),
             e.line(),
             e.column()
-        )
+        ))
     })
 }
 
@@ -41,10 +40,10 @@ pub fn select<T>(
     let have: BTreeSet<usize> = items.iter().map(&doc_id).collect();
     let unknown: Vec<String> = wanted.difference(&have).map(|id| id.to_string()).collect();
     if !unknown.is_empty() {
-        bail!(
+        return Err(EvalError::Items(format!(
             "--items: {task} has no item with doc_id {} (after --limit)",
             unknown.join(", ")
-        );
+        )));
     }
     Ok(items
         .into_iter()

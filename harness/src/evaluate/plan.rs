@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use dtm_plugin_api::{Item, Request};
 
+use super::error::EvalError;
 use crate::checkpoint::open_tokenizer;
 use crate::engine::tokenize::encode_pair;
 use crate::error::RuntimeError;
@@ -96,7 +97,7 @@ pub fn report(
     model: &Path,
     max_length: Option<usize>,
     tasks: &[(&str, &[Item])],
-) -> anyhow::Result<serde_json::Value> {
+) -> Result<serde_json::Value, EvalError> {
     let (tokenizer, config) = open_tokenizer(model)?;
     let max_length = max_length.unwrap_or(config.max_position_embeddings).max(2);
     let mut total = TaskPlan::default();
@@ -109,7 +110,7 @@ pub fn report(
         total.forwarded_min += p.forwarded_min;
         total.generate_requests += p.generate_requests;
         total.generated_max += p.generated_max;
-        by_task.insert(name.to_string(), serde_json::to_value(&p)?);
+        by_task.insert(name.to_string(), serde_json::json!(p));
     }
     Ok(serde_json::json!({
         "model": model.display().to_string(),

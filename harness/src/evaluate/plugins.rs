@@ -3,10 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
-
 use dtm_plugin_api::host::{Plugin, PluginError};
 
+use super::error::{EvalError, Result};
 use super::source::{PluginSource, SourceKind, TaskSource, YamlSource};
 
 /// The file name prefix of the built-in plugins (`libdtm_bench_gsm8k.so`, …).
@@ -24,16 +23,27 @@ fn library_stem(path: &Path) -> Option<&str> {
     Some(stem.strip_prefix("lib").unwrap_or(stem))
 }
 
+/// Where a candidate plugin file came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Installed beside the harness binary.
+    Builtin,
+    /// Found by listing a `--plugin-dir`.
+    Folder,
+    /// Named with `--plugin`.
+    Explicit,
+}
+
 /// Candidate plugin files: built-ins beside `exe_dir`, any library in `dirs`, and `files`.
 pub fn candidates(
     exe_dir: Option<&Path>,
     dirs: &[PathBuf],
     files: &[PathBuf],
-) -> Result<Vec<PathBuf>> {
+) -> Result<Vec<(PathBuf, Origin)>> {
     let mut out = Vec::new();
     let list = |dir: &Path| -> Result<Vec<PathBuf>> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| anyhow::anyhow!("{}: cannot list plugin folder: {e}", dir.display()))?
+            .map_err(|e| EvalError::io(dir, "cannot list plugin folder", e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| is_library(p))
             .collect();
@@ -44,17 +54,25 @@ pub fn candidates(
         out.extend(
             list(dir)?
                 .into_iter()
-                .filter(|p| library_stem(p).is_some_and(|s| s.starts_with(BUILTIN_PREFIX))),
+                .filter(|p| library_stem(p).is_some_and(|s| s.starts_with(BUILTIN_PREFIX)))
+                .map(|p| (p, Origin::Builtin)),
         );
     }
     for dir in dirs {
-        out.extend(list(dir)?);
+        out.extend(list(dir)?.into_iter().map(|p| (p, Origin::Folder)));
     }
     for f in files {
-        if !f.exists() {
-            bail!("{}: no such plugin file", f.display());
+        if !f.is_file() {
+            return Err(EvalError::PluginFile {
+                path: f.clone(),
+                problem: if f.exists() {
+                    "not a file (pass a plugin library, or its folder with --plugin-dir)".into()
+                } else {
+                    "no such plugin file".into()
+                },
+            });
         }
-        out.push(f.clone());
+        out.push((f.clone(), Origin::Explicit));
     }
     Ok(out)
 }
@@ -62,14 +80,14 @@ pub fn candidates(
 /// Opens every candidate. A plugin named by `--plugin` must open; a file found by listing a
 /// folder that fails to open is reported and skipped, so one bad file does not stop the others.
 /// The same file reached twice (a folder listed and a file named) is opened once.
+/// Which of them may stand for a built-in is decided by [`sources`].
 pub fn open_all(
-    candidates: &[PathBuf],
-    explicit: &[PathBuf],
+    candidates: &[(PathBuf, Origin)],
     warn: &mut dyn FnMut(String),
 ) -> Result<Vec<Plugin>> {
     let mut plugins: Vec<Plugin> = Vec::new();
     let mut seen = Vec::new();
-    for path in candidates {
+    for (path, origin) in candidates {
         let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
         if seen.contains(&canonical) {
             continue;
@@ -77,7 +95,7 @@ pub fn open_all(
         seen.push(canonical);
         match Plugin::open(path) {
             Ok(p) => plugins.push(p),
-            Err(e) if explicit.contains(path) => return Err(e.into()),
+            Err(e) if *origin == Origin::Explicit => return Err(e.into()),
             Err(e @ PluginError::MissingSymbol { .. }) => warn(format!(
                 "skipping {}: not a dtm plugin ({e})",
                 path.display()
@@ -130,12 +148,14 @@ pub fn sources(
                 if all[i].kind() == SourceKind::Builtin && source.kind() != SourceKind::Builtin =>
             {
                 if !allow_shadowing {
-                    bail!(
-                        "{} {} defines `{name}`, the name of the built-in plugin {}; rename it, or pass --allow-shadowing to use it instead of the built-in",
-                        source.kind().name(),
-                        source.path().display(),
-                        all[i].path().display()
-                    );
+                    return Err(EvalError::PluginFile {
+                        path: source.path().to_owned(),
+                        problem: format!(
+                            "this {} defines `{name}`, the name of the built-in plugin {}; rename it, or pass --allow-shadowing to use it instead of the built-in",
+                            source.kind().name(),
+                            all[i].path().display()
+                        ),
+                    });
                 }
                 warn(format!(
                     "`{name}`: {} {} replaces the built-in plugin {} (--allow-shadowing)",
@@ -145,13 +165,17 @@ pub fn sources(
                 ));
                 all[i] = source;
             }
-            Some(i) => bail!(
-                "two benchmarks are named `{name}`: {} {} and {} {}; rename one",
-                all[i].kind().name(),
-                all[i].path().display(),
-                source.kind().name(),
-                source.path().display()
-            ),
+            Some(i) => {
+                return Err(EvalError::PluginFile {
+                    path: source.path().to_owned(),
+                    problem: format!(
+                        "two benchmarks are named `{name}`: this {} and the {} {}; rename one",
+                        source.kind().name(),
+                        all[i].kind().name(),
+                        all[i].path().display()
+                    ),
+                })
+            }
         }
     }
     Ok(all)

@@ -4,13 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Result};
-
 use dtm_plugin_api::host::{self, Aggregate, Plugin};
 use dtm_plugin_api::{
     validate, Description, Item, ItemScore, LoadOptions, Outcome, Response, TaskInfo,
 };
 use dtm_yaml_tasks::{LoadedYamlTask, YamlTask};
+
+use super::error::{EvalError, Result};
 
 /// Where a benchmark comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +38,11 @@ pub trait TaskSource: Send + Sync {
     fn describe(&self) -> &Description;
     /// The plugin library or the task file.
     fn path(&self) -> &Path;
+    /// Files besides [`TaskSource::path`] that define the benchmark (a YAML task's `include:`
+    /// files); a run's identity hashes them with it.
+    fn definition_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
     fn kind(&self) -> SourceKind;
     /// Whether the task reads `--data-dir` (a YAML task names its own files).
     fn uses_data_dir(&self) -> bool {
@@ -104,7 +109,7 @@ impl TaskSource for PluginSource {
     }
 
     fn check_options(&self, options: &LoadOptions) -> Result<()> {
-        validate::options(self.describe(), options).map_err(|e| anyhow!(e))?;
+        validate::options(self.describe(), options).map_err(EvalError::Options)?;
         Ok(())
     }
 
@@ -191,12 +196,16 @@ impl TaskSource for YamlSource {
         &self.task.config.tags
     }
 
+    fn definition_files(&self) -> Vec<PathBuf> {
+        self.task.config.includes.clone()
+    }
+
     fn check_options(&self, options: &LoadOptions) -> Result<()> {
         if let Some(k) = options.flags.keys().next() {
-            return Err(anyhow!(
+            return Err(EvalError::Options(format!(
                 "{}: unknown option {k:?} (YAML tasks have none)",
                 self.description.name
-            ));
+            )));
         }
         Ok(())
     }
@@ -221,7 +230,10 @@ impl LoadedTask for YamlLoaded {
     }
 
     fn programs(&self, _doc_id: usize, _responses: &[Response]) -> Result<Vec<String>> {
-        Err(anyhow!("YAML tasks produce no programs"))
+        Err(EvalError::Contract(format!(
+            "{}: YAML tasks produce no programs",
+            self.0.info().name
+        )))
     }
 
     fn score(
@@ -232,7 +244,7 @@ impl LoadedTask for YamlLoaded {
     ) -> Result<ItemScore> {
         self.0
             .score(doc_id, responses)
-            .map_err(|e| anyhow!("{}: {e}", self.0.info().name))
+            .map_err(|e| EvalError::Contract(format!("{}: {e}", self.0.info().name)))
     }
 
     fn aggregate(&self, scores: &[ItemScore]) -> Aggregate {

@@ -1,12 +1,12 @@
-//! Which of a task's items a run scores: the subtask asked for, then an explicit item list
-//! (`--items`), then a shard's slice (`--shard`), in that order, so that shards of an item list
-//! split exactly the listed items.
+//! Which of a task's items a run scores: of the task's (or subtask's) items, an explicit item
+//! list (`--items`), then a shard's slice (`--shard`), in that order, so that shards of an item
+//! list split exactly the listed items.
 
-use anyhow::Result;
 use serde_json::{json, Value};
 
 use dtm_plugin_api::Item;
 
+use super::error::{EvalError, Result};
 use super::items::{self, ItemLists};
 use super::shard::{self, Shard};
 
@@ -40,10 +40,10 @@ impl Subset {
                 .collect();
             let unused = items::unused(lists, &names);
             if !unused.is_empty() {
-                anyhow::bail!(
+                return Err(EvalError::Items(format!(
                     "--items names {}, which --tasks does not score",
                     unused.join(", ")
-                );
+                )));
             }
         }
         Ok(Subset {
@@ -53,13 +53,10 @@ impl Subset {
         })
     }
 
-    /// The items of task `name` (`mmlu` or `mmlu:anatomy` for `subtask`) that this run scores.
-    pub fn of(&self, name: &str, subtask: Option<&str>, all: Vec<Item>) -> Result<Vec<Item>> {
-        let in_subtask: Vec<Item> = all
-            .into_iter()
-            .filter(|i| subtask.is_none_or(|s| i.subtask == s))
-            .collect();
-        let listed = items::select(self.lists.as_ref(), name, in_subtask, |i| i.doc_id)?;
+    /// The items of task `name` (`mmlu`, or `mmlu:anatomy` with the subtask's items only) that
+    /// this run scores.
+    pub fn of(&self, name: &str, all: Vec<Item>) -> Result<Vec<Item>> {
+        let listed = items::select(self.lists.as_ref(), name, all, |i| i.doc_id)?;
         Ok(shard::select(self.shard, listed, self.chunk_size))
     }
 

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod gguf;
+
 use std::path::PathBuf;
 
 /// `../shared` beside the checkout (override with `DTM_SHARED`).
@@ -36,4 +38,53 @@ pub fn smollm2_gguf() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A writable copy of a tiny checkpoint folder.
+pub fn copy_tiny(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join(name);
+    std::fs::create_dir(&dest).unwrap();
+    for entry in std::fs::read_dir(tiny_model(name)).unwrap() {
+        let entry = entry.unwrap();
+        let to = dest.join(entry.file_name());
+        std::fs::copy(entry.path(), &to).unwrap();
+        let mut p = std::fs::metadata(&to).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        p.set_readonly(false);
+        std::fs::set_permissions(&to, p).unwrap();
+    }
+    (dir, dest)
+}
+
+/// The tiny llama with every weight of its final norm set to NaN: a broken checkpoint whose
+/// every logit is NaN.
+pub fn nan_checkpoint() -> (tempfile::TempDir, PathBuf) {
+    use candle_core::{Device, Tensor};
+    let (dir, model) = copy_tiny("llama");
+    let file = model.join("model.safetensors");
+    let mut weights = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let norm = weights.get("model.norm.weight").unwrap();
+    let nan = Tensor::full(f32::NAN, norm.shape(), &Device::Cpu).unwrap();
+    weights.insert("model.norm.weight".into(), nan);
+    candle_core::safetensors::save(&weights, &file).unwrap();
+    (dir, model)
+}
+
+/// The tiny llama with its BOS and EOS removed from the config: a tokenizer with neither.
+pub fn no_special_tokens_checkpoint() -> (tempfile::TempDir, PathBuf) {
+    let (dir, model) = copy_tiny("llama");
+    for name in ["config.json", "generation_config.json"] {
+        let path = model.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let o = json.as_object_mut().unwrap();
+        o.remove("bos_token_id");
+        o.remove("eos_token_id");
+        std::fs::write(&path, json.to_string()).unwrap();
+    }
+    (dir, model)
 }

@@ -6,7 +6,7 @@
 //! config.json), so a killed run started again continues where it stopped and a finished
 //! sub-model is never retrained. `--only J` trains sub-model J alone (a cluster array job).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::Args;
@@ -15,7 +15,10 @@ use dtm_trainer::disperse::EmbedField;
 use dtm_trainer::pipeline::{self, MergeSettings};
 use serde_json::json;
 
+use dtm_trainer::sft::SftConfig;
+
 use super::disperse::{self, DisperseArgs};
+use super::fisher::{self, FisherArgs};
 use super::sft::{progress_printer, SftOptions};
 
 #[derive(Args)]
@@ -39,9 +42,15 @@ pub struct DtmArgs {
     #[arg(long)]
     encoder: Option<PathBuf>,
     /// Merge method (linear = the paper's weighted average; task_arithmetic, ties, dare_linear,
-    /// dare_ties), applied to the sub-models' ΔW = s·B·A.
+    /// dare_ties), applied to the sub-models' ΔW = s·B·A; or fisher: each sub-model's diagonal
+    /// Fisher on its own portion is computed after it is trained (submodels/portion-J/fisher.safetensors)
+    /// and weighs its adapted matrices (Σ FᵢWᵢ / Σ Fᵢ; other tensors are the base's).
     #[arg(long, default_value = "linear")]
     merge: String,
+    /// fisher only: estimate each sub-model's Fisher from N of its portion's records drawn at
+    /// random (seeded by --seed) instead of all of them.
+    #[arg(long)]
+    fisher_samples: Option<usize>,
     /// One merge weight per sub-model (default equal: 1/K after linear's normalisation).
     #[arg(long, value_delimiter = ',')]
     merge_weights: Vec<f64>,
@@ -74,6 +83,16 @@ pub fn run(args: DtmArgs) -> anyhow::Result<()> {
         if j == 0 || j > args.k {
             bail!("--only {j}: sub-models are numbered 1..={}", args.k);
         }
+    }
+    let fisher_merge = args.merge == "fisher";
+    if args.fisher_samples.is_some() && !fisher_merge {
+        bail!("--fisher-samples only applies to --merge fisher");
+    }
+    if fisher_merge && args.lora_factors {
+        bail!("--lora-factors averages A and B linearly; it cannot weigh them by a Fisher");
+    }
+    if args.fisher_samples == Some(0) {
+        bail!("--fisher-samples must be positive");
     }
     let device = device(args.device)?;
     let out = &args.output;
@@ -111,7 +130,7 @@ pub fn run(args: DtmArgs) -> anyhow::Result<()> {
             args.device,
         ))?;
     }
-    let mut adapters = Vec::new();
+    let (mut adapters, mut fishers) = (Vec::new(), Vec::new());
     for j in 1..=args.k {
         if args.only.is_some_and(|only| only != j) {
             continue;
@@ -123,12 +142,11 @@ pub fn run(args: DtmArgs) -> anyhow::Result<()> {
             Some(_) => eprintln!("== sub-model {j}/{}: finished earlier", args.k),
             None => eprintln!("== sub-model {j}/{}: training", args.k),
         }
-        adapters.push(pipeline::train(
-            &config,
-            &dir,
-            &device,
-            &mut progress_printer(),
-        )?);
+        let adapter = pipeline::train(&config, &dir, &device, &mut progress_printer())?;
+        if fisher_merge {
+            fishers.push(submodel_fisher(&args, &config, &dir, &adapter, seed)?);
+        }
+        adapters.push(adapter);
     }
     if args.only.is_some() {
         eprintln!(
@@ -145,6 +163,7 @@ pub fn run(args: DtmArgs) -> anyhow::Result<()> {
         normalize: None,
         seed,
         lora_factors: args.lora_factors,
+        fisher: fishers,
     };
     let merged = out.join("merged");
     pipeline::guard_settings(&out.join("merge.json"), &serde_json::to_value(&settings)?)?;
@@ -165,4 +184,38 @@ pub fn run(args: DtmArgs) -> anyhow::Result<()> {
     }
     println!("DTM model: {}", merged.display());
     Ok(())
+}
+
+/// Sub-model `dir`'s diagonal Fisher on its own portion, computed once (the file is written
+/// atomically, so its presence marks the stage finished) with the settings guarded like the rest.
+fn submodel_fisher(
+    args: &DtmArgs,
+    config: &SftConfig,
+    dir: &Path,
+    adapter: &Path,
+    seed: u64,
+) -> anyhow::Result<PathBuf> {
+    let file = dir.join("fisher.safetensors");
+    pipeline::guard_settings(
+        &dir.join("fisher.json"),
+        &json!({ "samples": args.fisher_samples, "seed": seed }),
+    )?;
+    if file.is_file() {
+        eprintln!("== Fisher of {}: finished earlier", dir.display());
+        return Ok(file);
+    }
+    eprintln!("== Fisher of {} on its portion", dir.display());
+    fisher::run(FisherArgs::stage(
+        args.model.clone(),
+        adapter.to_owned(),
+        config.data.clone(),
+        file.clone(),
+        args.fisher_samples,
+        config.max_len,
+        config.lora_targets.clone(),
+        config.append_eos,
+        seed,
+        args.device,
+    ))?;
+    Ok(file)
 }

@@ -58,6 +58,37 @@ pub struct FisherArgs {
     device: DeviceKind,
 }
 
+impl FisherArgs {
+    /// The Fisher stage of `trainer dtm --merge fisher`: sub-model `adapter` on its own portion,
+    /// over the matrices and sequence length it was trained with.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stage(
+        model: PathBuf,
+        adapter: PathBuf,
+        data: PathBuf,
+        output: PathBuf,
+        samples: Option<usize>,
+        max_len: usize,
+        lora_targets: Vec<String>,
+        append_eos: bool,
+        seed: u64,
+        device: DeviceKind,
+    ) -> Self {
+        Self {
+            model,
+            adapter: Some(adapter),
+            data,
+            output,
+            samples,
+            max_len,
+            lora_targets,
+            no_eos: !append_eos,
+            seed,
+            device,
+        }
+    }
+}
+
 pub fn run(args: FisherArgs) -> anyhow::Result<()> {
     if args.samples == Some(0) {
         bail!("--samples must be positive");

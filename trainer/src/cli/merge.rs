@@ -232,6 +232,12 @@ fn print_report(spec: &MergeSpec, r: &MergeReport) {
     for s in &r.skipped {
         eprintln!("note: {s} is the base model; it has no task vector and was left out");
     }
+    if r.without_fisher > 0 {
+        eprintln!(
+            "note: {} tensors are in no Fisher file (e.g. not adapted) and were averaged by the weights alone",
+            r.without_fisher
+        );
+    }
     println!(
         "{}: merged {} tensors of {} models into {} ({} shard{}, {:.1} MB)",
         r.method,

@@ -107,6 +107,7 @@ pub fn run(args: SoupArgs) -> anyhow::Result<()> {
             normalize: None,
             seed: 0,
             lora_factors: false,
+            fisher: Vec::new(),
         };
         pipeline::merge_adapters(&args.model, out, &adapters, &settings, &merged)?;
     }

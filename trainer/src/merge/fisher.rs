@@ -1,6 +1,7 @@
 //! Fisher-weighted averaging (Matena & Raffel): per entry, Σ wᵢFᵢθᵢ / Σ wᵢFᵢ, with each Fᵢ
 //! floored (default 1e-6) so that entries no model has information about fall back to the
-//! weighted mean instead of 0/0. Not in mergekit; PROTOCOL §4 names it.
+//! weighted mean instead of 0/0. A tensor without Fisher values (no file covers it) is the
+//! weighted mean. Not in mergekit; PROTOCOL §4 names it.
 
 use rayon::prelude::*;
 
@@ -21,7 +22,8 @@ pub fn kernel(job: &mut Job<'_>) -> Result<(), String> {
     result
 }
 
-/// Writes the Fisher-weighted average of same-shaped tensors into `out`.
+/// Writes the Fisher-weighted average of same-shaped tensors into `out`; with no `fishers`,
+/// the weighted mean.
 pub fn fisher(
     out: &mut [f32],
     models: &[&[f32]],
@@ -41,8 +43,10 @@ pub fn fisher(
         let start = c * CHUNK;
         for (j, o) in o.iter_mut().enumerate() {
             let (mut num, mut den) = (0f64, 0f64);
-            for ((m, f), &w) in models.iter().zip(fishers).zip(weights) {
-                let f = w * f64::from(f[start + j]).max(floor);
+            for (i, (m, &w)) in models.iter().zip(weights).enumerate() {
+                let f = w * fishers
+                    .get(i)
+                    .map_or(floor, |f| f64::from(f[start + j]).max(floor));
                 num += f * f64::from(m[start + j]);
                 den += f;
             }

@@ -34,6 +34,8 @@ pub struct MergeReport {
     pub peak_rss: Option<u64>,
     /// Models given that take no part (the base, listed again, in a task-vector merge).
     pub skipped: Vec<String>,
+    /// Fisher averaging: tensors no Fisher file covers, merged by the weights alone.
+    pub without_fisher: usize,
 }
 
 impl MergeReport {
@@ -176,7 +178,7 @@ pub fn merge(
         .collect::<Result<Vec<_>, _>>()?;
     let reference = base.as_ref().unwrap_or(&sources[0]).files.clone();
     for s in base.iter().chain(&sources) {
-        agree(&reference, &s.files, true)?;
+        agree(&reference, &s.files)?;
         if let Some(a) = &s.adapter {
             a.check_against(&s.files)?;
         }
@@ -224,6 +226,7 @@ pub fn merge(
     let shards = writer.shard_count();
     let mut pool = Pool::default();
     let mut read = 0u64;
+    let mut without_fisher = 0;
     let total = names.len();
     for (i, name) in names.iter().enumerate() {
         progress(Progress {
@@ -253,15 +256,14 @@ pub fn merge(
             inputs.push(v);
         }
         let mut fisher_values = Vec::with_capacity(fishers.len());
-        for f in &fishers {
-            let mut v = pool.take();
-            if f.entry(name).is_some() {
+        if fisher_coverage(name, &fishers)? {
+            for f in &fishers {
+                let mut v = pool.take();
                 read += f.read_f32(name, &mut v)? as u64;
-            } else {
-                v.clear();
-                v.resize(inputs[0].len(), 0.0);
+                fisher_values.push(v);
             }
-            fisher_values.push(v);
+        } else if !fishers.is_empty() {
+            without_fisher += 1;
         }
         let mut out = pool.take();
         out.resize(inputs[0].len(), 0.0);
@@ -309,12 +311,13 @@ pub fn merge(
         seconds: started.elapsed().as_secs_f64(),
         peak_rss: peak_rss(),
         skipped: skipped.iter().map(|m| m.model.to_string()).collect(),
+        without_fisher,
     })
 }
 
-/// Refuses two inputs whose tensors differ in name, shape or (when `dtypes`) dtype, naming the
-/// first tensor that differs.
-fn agree(reference: &TensorFiles, other: &TensorFiles, dtypes: bool) -> Result<(), MergeError> {
+/// Refuses two inputs whose tensors differ in name, shape or dtype, naming the first tensor that
+/// differs.
+fn agree(reference: &TensorFiles, other: &TensorFiles) -> Result<(), MergeError> {
     if std::ptr::eq(reference, other) {
         return Ok(());
     }
@@ -330,48 +333,15 @@ fn agree(reference: &TensorFiles, other: &TensorFiles, dtypes: bool) -> Result<(
                 format!("shape {:?} in {a} but {:?} in {b}", r.shape, o.shape),
             ));
         }
-        if dtypes && r.dtype != o.dtype {
+        if r.dtype != o.dtype {
             return Err(MergeError::tensor(
                 name,
                 format!("dtype {:?} in {a} but {:?} in {b}", r.dtype, o.dtype),
             ));
         }
-        if !dtypes && !is_float(o.dtype) {
-            return Err(MergeError::tensor(
-                name,
-                format!("dtype {:?} in {b} is not a floating-point type", o.dtype),
-            ));
-        }
     }
     if let Some(extra) = other.names().iter().find(|n| reference.entry(n).is_none()) {
         return Err(MergeError::tensor(extra, format!("in {b} but not in {a}")));
-    }
-    Ok(())
-}
-
-/// A Fisher file may cover only some of the model's tensors (`trainer fisher` writes the
-/// adapted matrices only): each tensor it holds must be the model's, with its shape, in a float
-/// type. A tensor no file covers gets Fisher 0 for every model, which the floor turns into the
-/// weighted mean (for LoRA sub-models those tensors are the base's in every model).
-fn fisher_agrees(reference: &TensorFiles, fisher: &TensorFiles) -> Result<(), MergeError> {
-    let (a, b) = (reference.path.display(), fisher.path.display());
-    for name in fisher.names() {
-        let f = fisher.entry(name).expect("listed");
-        let Some(r) = reference.entry(name) else {
-            return Err(MergeError::tensor(name, format!("in {b} but not in {a}")));
-        };
-        if r.shape != f.shape {
-            return Err(MergeError::tensor(
-                name,
-                format!("shape {:?} in {a} but {:?} in {b}", r.shape, f.shape),
-            ));
-        }
-        if !is_float(f.dtype) {
-            return Err(MergeError::tensor(
-                name,
-                format!("dtype {:?} in {b} is not a floating-point type", f.dtype),
-            ));
-        }
     }
     Ok(())
 }
@@ -400,38 +370,55 @@ fn fisher_files(
                 }
             };
             let f = TensorFiles::open(&path)?;
-            fisher_agrees(reference, &f).map_err(|e| match e {
-                MergeError::Tensor { tensor, problem } => MergeError::Tensor {
-                    tensor,
-                    problem: format!("Fisher file does not match the model: {problem}"),
-                },
-                other => other,
-            })?;
+            fisher_matches(reference, &f)?;
             Ok(f)
         })
-        .collect::<Result<Vec<_>, _>>()
-        .and_then(|files| {
-            // One file covering a tensor that another leaves out would weigh that tensor by
-            // one model's information against none: refused.
-            if let Some(first) = files.first() {
-                for f in &files[1..] {
-                    let differs = |a: &TensorFiles, b: &TensorFiles| {
-                        a.names().iter().find(|n| b.entry(n).is_none()).cloned()
-                    };
-                    if let Some(name) = differs(first, f).or_else(|| differs(f, first)) {
-                        return Err(MergeError::tensor(
-                            &name,
-                            format!(
-                                "in one of {} and {} but not the other: every Fisher file must cover the same tensors",
-                                first.path.display(),
-                                f.path.display()
-                            ),
-                        ));
-                    }
-                }
+        .collect()
+}
+
+/// A Fisher file holds some of the models' tensors (`trainer fisher` writes the adapted matrices
+/// only), each with the model's shape; a tensor the models lack is refused.
+fn fisher_matches(reference: &TensorFiles, fisher: &TensorFiles) -> Result<(), MergeError> {
+    let (a, b) = (reference.path.display(), fisher.path.display());
+    for name in fisher.names() {
+        let f = fisher.entry(name).expect("listed");
+        let problem = match reference.entry(name) {
+            None => format!("in the Fisher file {b} but not in the models ({a})"),
+            Some(r) if r.shape != f.shape => format!(
+                "shape {:?} in the Fisher file {b} but {:?} in {a}",
+                f.shape, r.shape
+            ),
+            Some(_) if !is_float(f.dtype) => {
+                format!("dtype {:?} in {b} is not a floating-point type", f.dtype)
             }
-            Ok(files)
-        })
+            Some(_) => continue,
+        };
+        return Err(MergeError::tensor(name, problem));
+    }
+    Ok(())
+}
+
+/// Whether the Fisher files weigh `tensor`: all of them hold it, or none does — a tensor none
+/// covers (e.g. one LoRA left frozen, equal in every model) is averaged by the weights alone,
+/// which is the Fisher formula with every F at the same value. Some but not all is refused: the
+/// models' Fisher values would not be comparable.
+fn fisher_coverage(tensor: &str, fishers: &[TensorFiles]) -> Result<bool, MergeError> {
+    let holding = fishers.iter().filter(|f| f.entry(tensor).is_some()).count();
+    if holding == 0 || holding == fishers.len() {
+        return Ok(holding > 0);
+    }
+    let lacking = fishers
+        .iter()
+        .find(|f| f.entry(tensor).is_none())
+        .expect("some file lacks it");
+    Err(MergeError::tensor(
+        tensor,
+        format!(
+            "in {holding} of {} Fisher files but not in {}",
+            fishers.len(),
+            lacking.path.display()
+        ),
+    ))
 }
 
 /// Refuses an output that is one of the inputs.

@@ -30,6 +30,8 @@ pub struct GgufFile {
 pub(crate) struct Metadata<'a> {
     pub map: &'a HashMap<String, Value>,
     pub file: &'a Path,
+    /// Names of every tensor in the file.
+    pub tensor_names: Vec<&'a str>,
 }
 
 impl Metadata<'_> {
@@ -94,6 +96,7 @@ pub fn open(path: &Path) -> Result<GgufFile, LoadError> {
     let meta = Metadata {
         map: &content.metadata,
         file: path,
+        tensor_names: content.tensor_infos.keys().map(String::as_str).collect(),
     };
     let arch_name = meta.str("general.architecture")?.to_owned();
     let architecture = match arch_name.as_str() {
@@ -252,8 +255,12 @@ fn config(
     tensors: &HashMap<String, Tensor>,
 ) -> Result<ModelConfig, LoadError> {
     let key = |k: &str| format!("{p}.{k}");
+    let defaults = architecture.defaults();
     let hidden_size = meta.u64(&key("embedding_length"))? as usize;
     let num_attention_heads = meta.u64(&key("attention.head_count"))? as usize;
+    if num_attention_heads == 0 {
+        return Err(meta.err(format!("metadata `{}` is 0", key("attention.head_count"))));
+    }
     let num_key_value_heads = meta
         .opt_u64(&key("attention.head_count_kv"))?
         .map_or(num_attention_heads, |v| v as usize);
@@ -267,9 +274,23 @@ fn config(
         .dim(0)
         .map_err(|e| meta.err(first_line(&e)))?;
     let gemma = architecture == Architecture::Gemma3;
-    let theta = meta
-        .opt_f64(&key("rope.freq_base"))?
-        .unwrap_or(if gemma { 1e6 } else { 1e4 });
+    let undetermined = |what: &str, why: &str| {
+        meta.err(format!(
+            "cannot determine {what} of this {p} model: {why}; the GGUF file does not record it"
+        ))
+    };
+    let theta = match meta.opt_f64(&key("rope.freq_base"))? {
+        Some(t) => t,
+        // llama.cpp reads a missing base as 10000, which is transformers' default for Llama and
+        // Qwen2 but not for Gemma 3 (1e6): there the file alone does not say which was meant.
+        None if gemma => {
+            return Err(undetermined(
+                &format!("the rope base (`{}`)", key("rope.freq_base")),
+                "llama.cpp and transformers default it differently for Gemma 3",
+            ))
+        }
+        None => defaults.rope_theta,
+    };
     let scaling = match (
         meta.get(&key("rope.scaling.type"))
             .and_then(|v| v.to_string().ok()),
@@ -281,29 +302,65 @@ fn config(
         }
         _ => RopeScaling::None,
     };
+    if tensors_named(meta, "rope_freqs") {
+        // Llama 3.1-style frequency scaling stored as a tensor of per-frequency factors.
+        return Err(meta.err(
+            "tensor `rope_freqs.weight` (per-frequency rope factors, Llama 3.1 style) is not supported",
+        ));
+    }
     let global = RopeSpec { theta, scaling };
     let window = meta
         .opt_u64(&key("attention.sliding_window"))?
         .map(|w| w as usize);
+    let pattern = meta
+        .opt_u64(&key("attention.sliding_window_pattern"))?
+        .map(|v| v as usize);
+    let local = match defaults.local_rope_theta {
+        Some(default) => Some(RopeSpec {
+            theta: meta.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(default),
+            scaling: RopeScaling::None,
+        }),
+        None => None,
+    };
     let layers = (0..num_layers)
         .map(|i| {
-            // llama.cpp's Gemma 3: every sixth layer is global, the others local with base 10000.
-            let local = gemma && !(i + 1).is_multiple_of(6);
-            LayerSpec {
-                sliding_window: if local { window } else { None },
-                rope: if local {
-                    RopeSpec {
-                        theta: 1e4,
-                        scaling: RopeScaling::None,
-                    }
-                } else {
-                    global.clone()
-                },
+            // llama.cpp's Gemma 3: every sixth layer global (the architecture's pattern), the
+            // others local with their own rope base.
+            let sliding = local.is_some() && defaults.is_sliding(i, pattern);
+            if sliding && window.is_none() {
+                return Err(meta.err(format!(
+                    "missing metadata `{}` (layer {i} uses sliding-window attention)",
+                    key("attention.sliding_window")
+                )));
             }
+            Ok(LayerSpec {
+                sliding_window: if sliding { window } else { None },
+                rope: match (&local, sliding) {
+                    (Some(local), true) => local.clone(),
+                    _ => global.clone(),
+                },
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, LoadError>>()?;
+    let attention_scale = match meta.opt_f64(&key("attention.scale"))? {
+        Some(scale) => scale,
+        None => match defaults.query_pre_attn_scalar {
+            None => (head_dim as f64).powf(-0.5),
+            Some(_) => gemma3_attention_scale(num_layers, hidden_size, num_attention_heads, head_dim)
+                .ok_or_else(|| {
+                    undetermined(
+                        &format!(
+                            "the attention scale (query_pre_attn_scalar; `{}`)",
+                            key("attention.scale")
+                        ),
+                        &format!(
+                            "{num_layers} layers is none of the Gemma 3 sizes whose scale llama.cpp knows (18, 26, 34, 48, 62)"
+                        ),
+                    )
+                })?,
+        },
+    };
     let (bos, eos, _) = gguf_tokenizer::special_ids(meta)?;
-    let fixed = architecture.fixed(hidden_size);
     Ok(ModelConfig {
         architecture,
         vocab_size,
@@ -314,22 +371,46 @@ fn config(
         head_dim,
         rms_norm_eps: meta
             .opt_f64(&key("attention.layer_norm_rms_epsilon"))?
-            .unwrap_or(1e-6),
+            .unwrap_or(defaults.rms_norm_eps),
         max_position_embeddings: meta
             .opt_u64(&key("context_length"))?
-            .map_or(2048, |v| v as usize),
+            .map_or(defaults.max_position_embeddings, |v| v as usize),
         tie_word_embeddings: !tensors.contains_key("lm_head.weight"),
         qkv_bias: tensors.contains_key("model.layers.0.self_attn.q_proj.bias"),
-        activation: fixed.default_activation,
-        norm_style: fixed.norm_style,
-        qk_norm: fixed.qk_norm,
-        sandwich_norms: fixed.sandwich_norms,
-        embedding_multiplier: fixed.embedding_multiplier,
-        attention_scale: (head_dim as f64).powf(-0.5),
+        activation: defaults.activation,
+        norm_style: defaults.norm_style,
+        qk_norm: defaults.qk_norm,
+        sandwich_norms: defaults.sandwich_norms,
+        embedding_multiplier: defaults.embedding_multiplier(hidden_size),
+        attention_scale,
         attn_logit_softcapping: meta.opt_f64(&key("attn_logit_softcapping"))?,
         final_logit_softcapping: meta.opt_f64(&key("final_logit_softcapping"))?,
         layers,
         bos_token_id: bos,
         eos_token_ids: eos,
     })
+}
+
+/// Gemma 3's query_pre_attn_scalar as llama.cpp derives it from the model size (GGUF has no key
+/// for it): hidden_size / heads for the 27B model (62 layers), head_dim for the 270M, 1B, 4B and
+/// 12B models, where the two coincide with the published configs. `None` for other sizes.
+fn gemma3_attention_scale(
+    layers: usize,
+    hidden_size: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Option<f64> {
+    let scalar = match layers {
+        62 => hidden_size / heads,
+        18 | 26 | 34 | 48 => head_dim,
+        _ => return None,
+    };
+    Some((scalar as f64).powf(-0.5))
+}
+
+/// Whether the file holds a tensor named `name.weight` (one we do not map).
+fn tensors_named(meta: &Metadata, name: &str) -> bool {
+    meta.tensor_names
+        .iter()
+        .any(|t| *t == format!("{name}.weight"))
 }

@@ -29,11 +29,14 @@ impl Architecture {
         }
     }
 
-    /// Settings the architecture fixes: no config file states them.
-    pub(crate) fn fixed(self, hidden_size: usize) -> FixedSettings {
+    /// What the architecture fixes, and what it defaults to when a checkpoint does not say: the
+    /// one place both loaders (HF `config.json`, GGUF metadata) read. The defaults are those of
+    /// transformers' config classes (`LlamaConfig`, `MistralConfig`, `Qwen2Config`,
+    /// `Gemma3TextConfig`).
+    pub fn defaults(self) -> ArchitectureDefaults {
         let gemma = self == Self::Gemma3;
-        FixedSettings {
-            default_activation: if gemma {
+        ArchitectureDefaults {
+            activation: if gemma {
                 Activation::GeluTanh
             } else {
                 Activation::Silu
@@ -45,7 +48,18 @@ impl Architecture {
             },
             qk_norm: gemma,
             sandwich_norms: gemma,
-            embedding_multiplier: gemma.then(|| (hidden_size as f64).sqrt()),
+            scale_embeddings: gemma,
+            rope_theta: if gemma { 1e6 } else { 1e4 },
+            local_rope_theta: gemma.then_some(1e4),
+            sliding_window_pattern: gemma.then_some(6),
+            query_pre_attn_scalar: gemma.then_some(256.0),
+            rms_norm_eps: 1e-6,
+            max_position_embeddings: match self {
+                Self::Llama => 2048,
+                Self::Mistral | Self::Gemma3 => 131_072,
+                Self::Qwen2 => 32_768,
+            },
+            tie_word_embeddings: gemma,
         }
     }
 
@@ -134,13 +148,41 @@ impl RopeSpec {
     }
 }
 
-/// See [`Architecture::fixed`].
-pub(crate) struct FixedSettings {
-    pub default_activation: Activation,
+/// See [`Architecture::defaults`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchitectureDefaults {
+    pub activation: Activation,
     pub norm_style: NormStyle,
     pub qk_norm: bool,
     pub sandwich_norms: bool,
-    pub embedding_multiplier: Option<f64>,
+    /// Embeddings multiplied by sqrt(hidden_size) (Gemma).
+    pub scale_embeddings: bool,
+    /// Rope base of full-attention layers.
+    pub rope_theta: f64,
+    /// Rope base of sliding-window layers, when the architecture gives them their own (Gemma 3).
+    pub local_rope_theta: Option<f64>,
+    /// Every n-th layer is global, the others sliding-window (Gemma 3).
+    pub sliding_window_pattern: Option<usize>,
+    /// The attention scale is this^-0.5 instead of head_dim^-0.5 (Gemma 3).
+    pub query_pre_attn_scalar: Option<f64>,
+    pub rms_norm_eps: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+}
+
+impl ArchitectureDefaults {
+    pub fn embedding_multiplier(&self, hidden_size: usize) -> Option<f64> {
+        self.scale_embeddings.then(|| (hidden_size as f64).sqrt())
+    }
+
+    /// Whether layer `i` of `n` is a sliding-window layer under the architecture's pattern
+    /// (`pattern` overrides the default one).
+    pub fn is_sliding(&self, i: usize, pattern: Option<usize>) -> bool {
+        match pattern.or(self.sliding_window_pattern) {
+            Some(p) if p > 0 => !(i + 1).is_multiple_of(p),
+            _ => false,
+        }
+    }
 }
 
 /// Per-layer attention settings (Gemma 3 and Mistral mix local and global layers).
@@ -277,22 +319,24 @@ impl HfConfigReader<'_> {
                 "num_attention_heads ({num_attention_heads}) must be a positive multiple of num_key_value_heads ({num_key_value_heads})"
             )));
         }
-        let gemma = architecture == Architecture::Gemma3;
-        let fixed = architecture.fixed(hidden_size);
+        let defaults = architecture.defaults();
         let activation = match self
             .get("hidden_activation")
             .or_else(|| self.get("hidden_act"))
             .and_then(Value::as_str)
         {
-            None => fixed.default_activation,
+            None => defaults.activation,
             Some("silu" | "swish") => Activation::Silu,
             Some("gelu_pytorch_tanh" | "gelu_new") => Activation::GeluTanh,
             Some(other) => return Err(self.err(format!("unsupported activation `{other}`"))),
         };
         let layers = self.layer_specs(architecture, num_layers)?;
-        let attention_scale = match (gemma, self.opt_f64("query_pre_attn_scalar")?) {
-            (true, Some(s)) => s.powf(-0.5),
-            _ => (head_dim as f64).powf(-0.5),
+        let attention_scale = match defaults.query_pre_attn_scalar {
+            Some(default) => self
+                .opt_f64("query_pre_attn_scalar")?
+                .unwrap_or(default)
+                .powf(-0.5),
+            None => (head_dim as f64).powf(-0.5),
         };
         Ok(ModelConfig {
             architecture,
@@ -302,18 +346,24 @@ impl HfConfigReader<'_> {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: self.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
-            max_position_embeddings: self.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-            tie_word_embeddings: self.opt_bool("tie_word_embeddings")?.unwrap_or(gemma),
+            rms_norm_eps: self
+                .opt_f64("rms_norm_eps")?
+                .unwrap_or(defaults.rms_norm_eps),
+            max_position_embeddings: self
+                .opt_usize("max_position_embeddings")?
+                .unwrap_or(defaults.max_position_embeddings),
+            tie_word_embeddings: self
+                .opt_bool("tie_word_embeddings")?
+                .unwrap_or(defaults.tie_word_embeddings),
             qkv_bias: match architecture {
                 Architecture::Qwen2 => true,
                 _ => self.opt_bool("attention_bias")?.unwrap_or(false),
             },
             activation,
-            norm_style: fixed.norm_style,
-            qk_norm: fixed.qk_norm,
-            sandwich_norms: fixed.sandwich_norms,
-            embedding_multiplier: fixed.embedding_multiplier,
+            norm_style: defaults.norm_style,
+            qk_norm: defaults.qk_norm,
+            sandwich_norms: defaults.sandwich_norms,
+            embedding_multiplier: defaults.embedding_multiplier(hidden_size),
             attention_scale,
             attn_logit_softcapping: self.opt_f64("attn_logit_softcapping")?,
             final_logit_softcapping: self.opt_f64("final_logit_softcapping")?,
@@ -343,16 +393,8 @@ impl HfConfigReader<'_> {
             .and_then(|p| p.get("rope_theta"))
             .and_then(Value::as_f64)
             .or(self.opt_f64(fallback_theta_key)?);
-        let theta = match theta {
-            Some(t) => t,
-            None => {
-                eprintln!(
-                    "warning: {}: no rope theta found (`rope_parameters.rope_theta` or `{fallback_theta_key}`); using transformers' default {arch_default} for this architecture",
-                    self.file
-                );
-                arch_default
-            }
-        };
+        // No theta named: transformers falls back on the config class's default, and so do we.
+        let theta = theta.unwrap_or(arch_default);
         let kind = params
             .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
             .and_then(Value::as_str)
@@ -409,6 +451,7 @@ impl HfConfigReader<'_> {
                 )));
             }
         }
+        let defaults = architecture.defaults();
         let is_sliding = |i: usize| -> Result<bool, LoadError> {
             Ok(match architecture {
                 Architecture::Llama => false,
@@ -424,17 +467,14 @@ impl HfConfigReader<'_> {
                     None => {
                         let pattern = self
                             .opt_usize("sliding_window_pattern")?
-                            .or(self.opt_usize("_sliding_window_pattern")?)
-                            .unwrap_or(6);
-                        !(i + 1).is_multiple_of(pattern)
+                            .or(self.opt_usize("_sliding_window_pattern")?);
+                        defaults.is_sliding(i, pattern)
                     }
                 },
             })
         };
-        let gemma = architecture == Architecture::Gemma3;
-        let (global_default, local_default) = if gemma { (1e6, 1e4) } else { (1e4, 1e4) };
-        let global = self.rope_spec(Some("full_attention"), "rope_theta", global_default)?;
-        let local = if gemma {
+        let global = self.rope_spec(Some("full_attention"), "rope_theta", defaults.rope_theta)?;
+        let local = if let Some(local_default) = defaults.local_rope_theta {
             let mut local = self.rope_spec(
                 Some("sliding_attention"),
                 "rope_local_base_freq",
@@ -539,5 +579,70 @@ mod tests {
             e.to_string().contains("unsupported architecture `gpt2`"),
             "{e}"
         );
+    }
+
+    fn close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= 1e-12 * w.abs(), "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn linear_rope_scaling_divides_every_frequency() {
+        // theta 10000, head_dim 4: base frequencies 10000^0 = 1 and 10000^(-2/4) = 0.01.
+        let spec = RopeSpec {
+            theta: 1e4,
+            scaling: RopeScaling::Linear { factor: 4.0 },
+        };
+        close(&spec.inv_freq(4), &[0.25, 0.0025]);
+    }
+
+    #[test]
+    fn llama3_rope_scaling_keeps_high_scales_low_and_blends_the_middle_band() {
+        // theta 5e5, head_dim 8: base frequencies 5e5^(-i/4) = 1, 0.0376060309, 0.0014142136,
+        // 0.0000531830; wavelengths 2π/f = 6.28, 167.1, 4442.9, 118142.8. With factor 8,
+        // low/high factors 1/4 and an original length of 8192, the bands are: wavelength below
+        // 8192/4 = 2048 unchanged, above 8192/1 = 8192 divided by 8, between blended with
+        // smooth = (8192/4442.88 - 1) / (4 - 1) = 0.2811270:
+        // (1 - 0.2811270) * 0.0014142136 / 8 + 0.2811270 * 0.0014142136 = 0.000524846161.
+        let spec = RopeSpec {
+            theta: 5e5,
+            scaling: RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192.0,
+            },
+        };
+        close(
+            &spec.inv_freq(8),
+            &[
+                1.0,
+                0.037_606_030_930_863_93,
+                0.000_524_846_160_992_954_7,
+                5.318_295_896_944_989e-5 / 8.0,
+            ],
+        );
+    }
+
+    #[test]
+    fn gemma3_defaults_fill_what_the_config_leaves_out() {
+        // No query_pre_attn_scalar, rope thetas, pattern, eps or max length: transformers'
+        // Gemma3TextConfig defaults (256, 1e6 / 1e4, every sixth layer global, 1e-6, 131072).
+        let json = r#"{"model_type":"gemma3_text","hidden_size":32,"num_attention_heads":4,"head_dim":8,
+            "num_hidden_layers":7,"intermediate_size":64,"vocab_size":10,"sliding_window":4}"#;
+        let c = ModelConfig::from_hf_json(json, "config.json").unwrap();
+        assert!((c.attention_scale - 1.0 / 16.0).abs() < 1e-15, "256^-0.5");
+        let sliding: Vec<bool> = c
+            .layers
+            .iter()
+            .map(|l| l.sliding_window.is_some())
+            .collect();
+        assert_eq!(sliding, [true, true, true, true, true, false, true]);
+        assert_eq!(c.layers[0].rope.theta, 1e4);
+        assert_eq!(c.layers[5].rope.theta, 1e6);
+        assert_eq!((c.rms_norm_eps, c.max_position_embeddings), (1e-6, 131_072));
+        assert!(c.tie_word_embeddings);
     }
 }

@@ -496,6 +496,7 @@ impl Decoder {
     /// Runs new tokens through the model, extending `cache`; returns final hidden states
     /// `[batch, seq, hidden]` (after the last norm).
     pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        check_batch(batch, self.cfg.vocab_size)?;
         if cache.batch() != batch.tokens.len() {
             candle_core::bail!(
                 "cache has {} rows but the batch has {}",
@@ -527,6 +528,7 @@ impl Decoder {
         batch: &Batch,
         dropout: Option<DropoutKey>,
     ) -> Result<(Tensor, Vec<Tensor>)> {
+        check_batch(batch, self.cfg.vocab_size)?;
         self.run(
             batch,
             None,
@@ -674,4 +676,39 @@ fn attention_mask(
         }
     }
     Tensor::from_vec(mask, (b, 1, 1, t, s), device)
+}
+
+/// A batch the decoder can run: rows of equal length in all three fields, known token ids.
+fn check_batch(batch: &Batch, vocab_size: usize) -> Result<()> {
+    let rows = batch.tokens.len();
+    if batch.positions.len() != rows || batch.valid.len() != rows {
+        candle_core::bail!(
+            "batch has {rows} token rows, {} position rows and {} validity rows",
+            batch.positions.len(),
+            batch.valid.len()
+        );
+    }
+    let width = batch.tokens.first().map_or(0, Vec::len);
+    for (r, ((t, p), v)) in batch
+        .tokens
+        .iter()
+        .zip(batch.positions)
+        .zip(batch.valid)
+        .enumerate()
+    {
+        if t.len() != width || p.len() != width || v.len() != width {
+            candle_core::bail!(
+                "batch row {r} has {} tokens, {} positions and {} validity flags; every row needs {width}",
+                t.len(),
+                p.len(),
+                v.len()
+            );
+        }
+        if let Some(id) = t.iter().find(|&&id| id as usize >= vocab_size) {
+            candle_core::bail!(
+                "token id {id} in batch row {r} is outside the vocabulary of {vocab_size}"
+            );
+        }
+    }
+    Ok(())
 }

@@ -471,13 +471,19 @@ impl Builder<'_> {
             Arg::lit("--max-len"),
             Arg::lit(max_len.to_string()),
         ];
+        // A sub-model's Fisher draws its records with the train seed, as `trainer dtm --merge
+        // fisher` does, unless the recipe names one.
+        let seed = match adapter.is_some() {
+            true => spec.seed.or(options.seed),
+            false => spec.seed,
+        };
         if let Some(a) = adapter {
             args.extend([Arg::lit("--adapter"), a]);
         }
         if let Some(n) = spec.samples {
             args.extend([Arg::lit("--samples"), Arg::lit(n.to_string())]);
         }
-        if let Some(s) = spec.seed {
+        if let Some(s) = seed {
             args.extend([Arg::lit("--seed"), Arg::lit(s.to_string())]);
         }
         if let Some(t) = &options.lora_targets {
@@ -866,6 +872,55 @@ mod tests {
         let o = options_of(&toml::Table::new()).unwrap();
         assert_eq!(o.moe_type_field, "task_type");
         assert_eq!(o.reg, dtm_trainer::sft::Regularisation::None);
+    }
+
+    /// DTM with Fisher merging: one `trainer fisher` per sub-model, of its adapter on its own
+    /// portion with its training settings (max-len, and the train seed as `trainer dtm --merge
+    /// fisher` uses it), then `trainer merge --method fisher` with the files in sub-model order.
+    #[test]
+    fn a_fisher_merge_weighs_each_sub_model_by_its_own_fisher() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = dir.path().join("r.toml");
+        let text = |seed: &str| {
+            format!(
+                "name = \"t\"\nmodel = \"/m\"\n[data]\nfile = \"/d.jsonl\"\n\
+                 [train]\nmax-len = 64\nseed = 7\n[eval]\ntasks = [\"arc_challenge\"]\n\
+                 [report]\nbaseline = \"dtm-fisher\"\n[[method]]\nname = \"dtm-fisher\"\nkind = \"dtm\"\nk = 2\n\
+                 merge = {{ method = \"fisher\", fisher = {{ samples = 4{seed} }} }}\n"
+            )
+        };
+        let commands = |text: String| {
+            std::fs::write(&recipe, text).unwrap();
+            let graph = build(&super::super::recipe::load(&recipe).unwrap()).unwrap();
+            let cmd = |name: &str| graph.stages[graph.index(name).unwrap()].display(&graph);
+            let fishers: Vec<String> = (1..=2)
+                .map(|j| cmd(&format!("fisher/dtm-fisher/sub-{j}")))
+                .collect();
+            (fishers, cmd("merge/dtm-fisher"))
+        };
+        let (fishers, merge) = commands(text(""));
+        for (j, f) in fishers.iter().enumerate() {
+            let j = j + 1;
+            for part in [
+                format!("--adapter <train/dtm-fisher/sub-{j}>/run/adapter"),
+                format!("portions/portion-{j}.jsonl"),
+                "--max-len 64".into(),
+                "--samples 4".into(),
+                "--seed 7".into(),
+            ] {
+                assert!(f.contains(&part), "{part} in {f}");
+            }
+        }
+        assert!(merge.contains("--method fisher"), "{merge}");
+        assert!(
+            merge.contains(
+                "--fisher <fisher/dtm-fisher/sub-1>/fisher.safetensors,<fisher/dtm-fisher/sub-2>/fisher.safetensors"
+            ),
+            "{merge}"
+        );
+        // A seed of the Fisher's own wins.
+        let (fishers, _) = commands(text(", seed = 3"));
+        assert!(fishers[0].contains("--seed 3"), "{}", fishers[0]);
     }
 
     #[test]

@@ -565,7 +565,8 @@ RECIPE (TOML; unknown fields are errors, reported as FILE:LINE:COLUMN)
                                 merge = { method = \"linear\" | task_arithmetic | ties |
                                 dare_linear | dare_ties | fisher, weights = [..], density,
                                 lambda, normalize, rescale, seed, lora-factors,
-                                fisher = { samples, max-len } (method fisher) };
+                                fisher = { samples, max-len, seed (default: the
+                                train seed) } (method fisher) };
                                 score-submodels = true scores the K sub-models too (the
                                 report's error-overlap figures)
     kind = \"ensemble\"           of = \"DTM-METHOD\", mode = \"logprobs\" | \"logits\": the

@@ -136,11 +136,11 @@ fn token_ids(ids: &[u32]) -> Value {
 /// Norm style, q/k norms, sandwich norms and the embedding multiplier follow from the
 /// architecture alone; a config that differs cannot be written as that architecture.
 fn check_fixed_settings(config: &ModelConfig) -> Result<(), Unrepresentable> {
-    let fixed = config.architecture.fixed(config.hidden_size);
+    let fixed = config.architecture.defaults();
     if fixed.norm_style != config.norm_style
         || fixed.qk_norm != config.qk_norm
         || fixed.sandwich_norms != config.sandwich_norms
-        || fixed.embedding_multiplier != config.embedding_multiplier
+        || fixed.embedding_multiplier(config.hidden_size) != config.embedding_multiplier
     {
         return refuse(format!(
             "its norms or embedding scale differ from what {} implies",
@@ -258,12 +258,13 @@ fn set_layers(
             "rope settings of sliding-window layers",
         )?;
         // Gemma 3's defaults for a layer type the model does not use.
+        let defaults = arch.defaults();
         let global = global.unwrap_or(RopeSpec {
-            theta: 1e6,
+            theta: defaults.rope_theta,
             scaling: RopeScaling::None,
         });
         let local = local.unwrap_or(RopeSpec {
-            theta: 1e4,
+            theta: defaults.local_rope_theta.unwrap_or(defaults.rope_theta),
             scaling: RopeScaling::None,
         });
         set("layer_types", json!(layer_types));
@@ -278,7 +279,7 @@ fn set_layers(
         return Ok(());
     }
     let rope = shared(layers.iter(), |l| l.rope.clone(), "rope settings")?.unwrap_or(RopeSpec {
-        theta: 1e4,
+        theta: arch.defaults().rope_theta,
         scaling: RopeScaling::None,
     });
     set("rope_parameters", rope_json(&rope));

@@ -4,8 +4,11 @@
 //! token mean over an optimiser step is weight `1 / targets in the step`; the per-sequence mean is
 //! `1 / (targets in the sequence · sequences in the step)`. Only differentiable ops are used.
 
-use candle_core::{DType, Result, Tensor, D};
+mod token_nll;
+
+use candle_core::{DType, Result, Tensor};
 use dtm_model::model::{Batch, Decoder, DropoutKey};
+pub use token_nll::token_nll;
 
 /// One sequence of a micro-batch: its tokens and per-token loss weights (0 = not a target).
 pub struct WeightedSequence<'a> {
@@ -71,14 +74,8 @@ pub fn weighted_nll_routed(
     };
     let (hidden, routes) = decoder.forward_train_routed(&batch, dropout)?;
     let logits = decoder.logits_at(&hidden, &at)?;
-    let n = labels.len();
-    let labels = Tensor::from_vec(labels, (n, 1), &device)?;
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let picked = shifted.gather(&labels, D::Minus1)?;
-    let nll = (log_z - picked)?.squeeze(D::Minus1)?;
-    let weights = Tensor::from_vec(weights, n, &device)?.to_dtype(nll.dtype())?;
+    let nll = token_nll(&logits, &labels)?;
+    let weights = Tensor::from_vec(weights, labels.len(), &device)?.to_dtype(nll.dtype())?;
     let loss = (&nll * &weights)?.sum_all()?;
     let total = nll
         .detach()
