@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up on a fresh machine and runs the main job on a real model:
-#   1. fetches the pinned, hash-checked SmolLM2-135M-Instruct, the all-MiniLM-L6-v2 sentence encoder
-#      and WASI CPython into ~/.cache/dtm
+#   1. fetches the pinned, hash-checked SmolLM2-135M-Instruct, the all-MiniLM-L6-v2 sentence encoder,
+#      WASI CPython and OpenBLAS (the CPU's matrix products; optional, only speed) into ~/.cache/dtm
 #   2. builds the workspace in release (the harness binary and the benchmark plugins)
 #   3. runs the main job, briefly: SmolLM2 scored on five items of four benchmarks (runs/demo/)
 set -euo pipefail
@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 scripts/fetch-models.sh smollm2
 scripts/fetch-models.sh minilm
 if [ -x scripts/fetch-python-wasm.sh ]; then scripts/fetch-python-wasm.sh; fi
+scripts/fetch-openblas.sh
 
 cargo build --workspace --release
 target_dir="${CARGO_TARGET_DIR:-target}"

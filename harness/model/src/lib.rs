@@ -5,6 +5,7 @@
 //! Nothing here knows about benchmarks, plugins or the sandbox.
 
 pub mod adapter;
+pub mod blas;
 pub mod checkpoint;
 pub mod device;
 pub mod error;

@@ -189,6 +189,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "dtype": format!("{:?}", args.model.dtype),
         "batch_size": base.batch_size,
         "threads": rayon::current_num_threads(),
+        "matmul": dtm_model::blas::Blas::describe(),
         "runs": runs,
     }))?)
 }

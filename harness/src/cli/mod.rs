@@ -90,7 +90,8 @@ pub struct ModelArgs {
     /// Compute precision (weights are converted at load).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Precision,
-    /// Sequences per forward pass (at least 1).
+    /// Rows per forward pass (at least 1). Scoring packs short sequences several to a row (up to
+    /// 256 tokens, each sequence seeing only its own tokens); generation runs one sequence a row.
     #[arg(long, default_value_t = 8, value_parser = values::at_least_one)]
     batch_size: usize,
     /// Shared-prefix KV caches kept for reuse (0 disables prefix reuse).

@@ -12,7 +12,7 @@ use super::next_token::{log_softmax_f64, NextToken};
 use super::{check_finite, same_tokenizer};
 use crate::checkpoint::LoadedModel;
 use crate::error::Result;
-use crate::model::{Batch, KvCache};
+use crate::model::{Batch, KvCache, Segments};
 use crate::tokenizer::TextTokenizer;
 
 /// How an ensemble combines its members at a position.
@@ -141,6 +141,21 @@ impl<'m> Ensemble<'m> {
             .iter()
             .zip(&mut cache.0)
             .map(|(m, c)| m.decoder.forward(batch, c))
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map(Hidden)
+    }
+
+    /// [`Ensemble::forward`] for rows that pack several sequences (see `Segments`).
+    pub fn forward_segmented(
+        &self,
+        batch: &Batch,
+        segments: &Segments,
+        cache: &mut EnsembleCache,
+    ) -> candle_core::Result<Hidden> {
+        self.members
+            .iter()
+            .zip(&mut cache.0)
+            .map(|(m, c)| m.decoder.forward_segmented(batch, segments, c))
             .collect::<candle_core::Result<Vec<_>>>()
             .map(Hidden)
     }

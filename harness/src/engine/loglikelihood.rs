@@ -3,11 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::prefix_cache::common_prefix_len;
+use super::packing;
 use super::tokenize::encode_pair;
 use super::{Engine, Stats};
 use crate::error::{Result, RuntimeError};
-use crate::model::Batch;
+use crate::model::{Batch, Segments};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoglikelihoodRequest {
@@ -141,15 +141,12 @@ impl Engine<'_> {
         Ok(out)
     }
 
-    /// Scores requests in batches of neighbours in sorted order, each batch's common prefix
-    /// computed once.
+    /// Scores requests in packed forward passes (see [`packing`]).
     pub(crate) fn score(&mut self, requests: &[ScoreRequest]) -> Result<Vec<Scored>> {
-        let mut order: Vec<usize> = (0..requests.len()).collect();
-        order.sort_by(|&a, &b| requests[a].tokens.cmp(&requests[b].tokens));
+        let reuse = self.options.prefix_cache_entries > 0;
         let mut out: Vec<Option<Scored>> = vec![None; requests.len()];
-        for chunk in batches(requests, &order, self.options.batch_size.max(1)) {
-            let batch: Vec<&ScoreRequest> = chunk.iter().map(|&i| &requests[i]).collect();
-            for (&i, scored) in chunk.iter().zip(self.score_batch(&batch)?) {
+        for pass in packing::plan(requests, self.options.batch_size, reuse) {
+            for (i, scored) in self.score_pass(requests, &pass)? {
                 out[i] = Some(scored);
             }
         }
@@ -159,112 +156,73 @@ impl Engine<'_> {
             .collect())
     }
 
-    fn score_batch(&mut self, batch: &[&ScoreRequest]) -> Result<Vec<Scored>> {
+    fn score_pass(
+        &mut self,
+        requests: &[ScoreRequest],
+        pass: &packing::Pass,
+    ) -> Result<Vec<(usize, Scored)>> {
         let model = &self.model;
-        // Model input is tokens[..len-1]; the first scored position is len-1-scored.
-        let first_scored: Vec<usize> = batch
-            .iter()
-            .map(|r| r.tokens.len() - 1 - r.scored)
-            .collect();
-        let mut shared = batch[0].tokens.len() - 1;
-        for r in &batch[1..] {
-            shared = shared.min(common_prefix_len(&batch[0].tokens, &r.tokens));
-        }
-        // Every row keeps its scored positions (and at least one token) outside the prefix.
-        shared = shared.min(*first_scored.iter().min().expect("non-empty batch"));
-        if self.options.prefix_cache_entries == 0 {
-            shared = 0;
-        }
         let mut stats = Stats {
-            requested: batch.iter().map(|r| r.tokens.len() - 1).sum(),
+            requested: pass
+                .placements
+                .iter()
+                .map(|&(i, _, _)| requests[i].tokens.len() - 1)
+                .sum(),
+            forwarded: pass.forwarded(),
+            padding: pass.padding(),
             ..Stats::default()
         };
-        let mut cache = if shared > 0 {
+        let rows = pass.tokens.len();
+        let mut cache = if pass.trunk > 0 {
             self.prefixes
-                .get(model, &batch[0].tokens[..shared], &mut stats)?
-                .repeat_row(batch.len())?
+                .get(
+                    model,
+                    &requests[pass.trunk_of].tokens[..pass.trunk],
+                    &mut stats,
+                )?
+                .repeat_row(rows)?
         } else {
-            model.new_cache(batch.len())
+            model.new_cache(rows)
         };
-        let rest_len = batch
-            .iter()
-            .map(|r| r.tokens.len() - 1 - shared)
-            .max()
-            .unwrap_or(0);
-        let mut tokens = Vec::with_capacity(batch.len());
-        let mut positions = Vec::with_capacity(batch.len());
-        let mut valid = Vec::with_capacity(batch.len());
-        for r in batch {
-            let rest = &r.tokens[shared..r.tokens.len() - 1];
-            let pad = rest_len - rest.len();
-            stats.forwarded += rest.len();
-            stats.padding += pad;
-            let mut t = rest.to_vec();
-            t.resize(rest_len, 0);
-            tokens.push(t);
-            positions.push((shared as i64..(shared + rest_len) as i64).collect());
-            let mut v = vec![true; rest.len()];
-            v.resize(rest_len, false);
-            valid.push(v);
-        }
-        let hidden = model.forward(
+        let hidden = model.forward_segmented(
             &Batch {
-                tokens: &tokens,
-                positions: &positions,
-                valid: &valid,
+                tokens: &pass.tokens,
+                positions: &pass.positions,
+                valid: &pass.valid,
+            },
+            &Segments {
+                of_token: &pass.segment,
+                parent: &pass.parent,
             },
             &mut cache,
         )?;
         let mut at = Vec::new();
         let mut targets = Vec::new();
-        for (row, (r, &first)) in batch.iter().zip(&first_scored).enumerate() {
+        for &(i, row, slot) in &pass.placements {
+            let r = &requests[i];
+            let first = r.tokens.len() - 1 - r.scored;
             for k in 0..r.scored {
-                at.push((row, first - shared + k));
+                at.push((row, slot + k));
                 targets.push(r.tokens[first + k + 1]);
             }
         }
         let (logprobs, greedy) = model.next_token(&hidden, &at)?.target_logprobs(&targets)?;
         self.stats.add(&stats);
-        let mut out = Vec::with_capacity(batch.len());
+        let mut out = Vec::with_capacity(pass.placements.len());
         let mut offset = 0;
-        for r in batch {
-            out.push(Scored {
-                logprobs: logprobs[offset..offset + r.scored].to_vec(),
-                greedy: greedy[offset..offset + r.scored].to_vec(),
-            });
-            offset += r.scored;
+        for &(i, _, _) in &pass.placements {
+            let n = requests[i].scored;
+            out.push((
+                i,
+                Scored {
+                    logprobs: logprobs[offset..offset + n].to_vec(),
+                    greedy: greedy[offset..offset + n].to_vec(),
+                },
+            ));
+            offset += n;
         }
         Ok(out)
     }
-}
-
-/// Cuts the sorted requests into batches. Requests that share their whole context (the choices
-/// of one question) get a batch of their own, so that the context is computed once, as the
-/// batch's common prefix; lone requests fill batches of `size`.
-fn batches(requests: &[ScoreRequest], order: &[usize], size: usize) -> Vec<Vec<usize>> {
-    let context = |i: usize| &requests[i].tokens[..requests[i].tokens.len() - requests[i].scored];
-    let mut out: Vec<Vec<usize>> = Vec::new();
-    let mut singles: Vec<usize> = Vec::new();
-    let mut k = 0;
-    while k < order.len() {
-        let mut end = k + 1;
-        while end < order.len() && context(order[end]) == context(order[k]) {
-            end += 1;
-        }
-        if end - k > 1 {
-            out.extend(order[k..end].chunks(size).map(<[usize]>::to_vec));
-        } else {
-            singles.push(order[k]);
-            if singles.len() == size {
-                out.push(std::mem::take(&mut singles));
-            }
-        }
-        k = end;
-    }
-    if !singles.is_empty() {
-        out.push(singles);
-    }
-    out
 }
 
 fn truncate_for_message(s: &str) -> String {

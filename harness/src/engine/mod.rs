@@ -2,15 +2,17 @@
 //! sharing a tokenizer.
 //!
 //! Requests come in lists and answers go back in the same order, so the engine may reorder and
-//! batch freely: it sorts token sequences so that shared prefixes sit side by side, computes each
-//! batch's common prefix once (see [`prefix_cache`]), pads the rest, and applies the output head
-//! only at the positions it scores.
+//! batch freely: it sorts token sequences so that shared prefixes sit side by side, computes a
+//! few-shot preamble once (see [`prefix_cache`]), packs the questions that follow it into shared
+//! forward passes with each question computed once for all of its choices (see `packing`), and
+//! applies the output head only at the positions it scores.
 
 pub mod ensemble;
 pub mod generate;
 pub mod inspect;
 pub mod loglikelihood;
 pub mod next_token;
+pub(crate) mod packing;
 pub mod prefix_cache;
 pub mod same_tokenizer;
 pub mod stats;
@@ -31,7 +33,8 @@ use prefix_cache::PrefixCache;
 /// Settings of the engine; the defaults suit a CPU.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Sequences per forward pass.
+    /// Rows per forward pass. Scoring packs short sequences several to a row (each seeing only
+    /// its own tokens); generation runs one sequence a row.
     pub batch_size: usize,
     /// Prefix KV caches kept for reuse; 0 turns reuse off (every token is recomputed).
     pub prefix_cache_entries: usize,

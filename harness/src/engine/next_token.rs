@@ -84,11 +84,9 @@ impl NextToken {
     }
 }
 
-/// Row-wise log Σ exp, shifted by the row maximum for stability.
+/// Row-wise log Σ exp, shifted by the row maximum for stability (one pass per row on the CPU).
 pub(crate) fn log_sum_exp(logits: &Tensor) -> candle_core::Result<Tensor> {
-    let max = logits.max_keepdim(D::Minus1)?;
-    let sum = logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
-    (sum.log()? + max)?.squeeze(D::Minus1)
+    crate::model::fused::log_sum_exp(logits)
 }
 
 /// Row-wise log-softmax in float64, computed as the single-model path computes it (log Σ exp in

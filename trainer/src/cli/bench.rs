@@ -114,6 +114,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "tokens_per_s_best": tokens as f64 / best,
             "tokens_per_s_median": tokens as f64 / median,
             "peak_rss_mb": peak_rss_mb(),
+            "matmul": dtm_model::blas::Blas::describe(),
         })
     );
     Ok(())

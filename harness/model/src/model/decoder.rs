@@ -1,9 +1,10 @@
 //! The one decoder-only transformer behind every supported architecture.
 //!
 //! Reads top-down: norms and rotary embeddings, attention, MLP, block, model. Architecture
-//! differences come from [`ModelConfig`] settings. Norms and rotary embeddings use plain tensor
-//! ops (candle's fused versions record no backward pass, and the trainer reuses this code);
-//! softmax is fused only when [`Kernels::Fused`] says the caller does not need gradients.
+//! differences come from [`ModelConfig`] settings. Without gradients, norms (float32), rotary
+//! embeddings and the attention's scale-mask-softmax run as one-pass kernels (candle's, and
+//! [`fused`]); with gradients they run as [`kernels`]' ops, which record a closed-form backward
+//! (candle's fused kernels record none, and the trainer reuses this code).
 
 use std::cell::RefCell;
 
@@ -11,9 +12,11 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::{Activation, ModelConfig, NormStyle, RopeSpec};
+use super::fused;
 use super::kernels::{self, masked_softmax};
 use super::kv_cache::KvCache;
-use super::projection::{frozen_matmul, DropoutKey, Projection};
+use super::matmul::{linear, matmul};
+use super::projection::{DropoutKey, Projection};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -65,6 +68,15 @@ impl RmsNorm {
             };
             return kernels::rms_norm(x, &w, self.eps);
         }
+        if dtype == DType::F32 {
+            // Inference in float32: candle's one-pass kernel (same formula; float64 stays on
+            // the tensor ops, whose sums candle's kernel would take in float32).
+            let w = match self.style {
+                NormStyle::Scale => self.weight.clone(),
+                NormStyle::OnePlusScale => (self.weight.to_dtype(dtype)? + 1.0)?,
+            };
+            return candle_nn::ops::rms_norm(&x.contiguous()?, &w, self.eps as f32);
+        }
         let x32 = x.to_dtype(upcast(dtype))?;
         let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
             .sqrt()?
@@ -82,10 +94,14 @@ impl RmsNorm {
     }
 }
 
-/// cos/sin of every (row, position) for one rope setting, shaped `[batch, 1, seq, head_dim]`.
+/// cos/sin of every (row, position) for one rope setting, shaped `[batch, 1, seq, head_dim]`
+/// (both halves, for the differentiable kernel) and `[batch, seq, head_dim / 2]` (one half, for
+/// candle's fused rope).
 struct RotaryAngles {
     cos: Tensor,
     sin: Tensor,
+    cos_half: Tensor,
+    sin_half: Tensor,
 }
 
 impl RotaryAngles {
@@ -100,9 +116,12 @@ impl RotaryAngles {
         let pos = positions.to_dtype(DType::F32)?.reshape((b * t, 1))?;
         let freqs = pos.broadcast_mul(&inv_freq)?;
         let emb = Tensor::cat(&[&freqs, &freqs], 1)?.reshape((b, 1, t, head_dim))?;
+        let half = freqs.reshape((b, t, head_dim / 2))?;
         Ok(Self {
             cos: emb.cos()?.to_dtype(dtype)?,
             sin: emb.sin()?.to_dtype(dtype)?,
+            cos_half: half.cos()?.to_dtype(dtype)?,
+            sin_half: half.sin()?.to_dtype(dtype)?,
         })
     }
 
@@ -111,11 +130,8 @@ impl RotaryAngles {
         if x.track_op() {
             return kernels::rope(x, &self.cos, &self.sin);
         }
-        let half = x.dim(D::Minus1)? / 2;
-        let x1 = x.narrow(D::Minus1, 0, half)?;
-        let x2 = x.narrow(D::Minus1, half, half)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?
+        // Inference: candle's one-pass kernel, the same products and sums.
+        candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos_half, &self.sin_half)
     }
 }
 
@@ -252,7 +268,7 @@ impl Attention {
         let q = q.reshape((b, self.num_kv_heads, rep * t, self.head_dim))?;
         if ctx.kernels == Kernels::Differentiable && self.softcap.is_none() {
             // Training: one fused, differentiable masked softmax (see `kernels`).
-            let scores = q.matmul(&k.t()?)?.to_dtype(upcast(x.dtype()))?.reshape((
+            let scores = matmul(&q, &k.t()?)?.to_dtype(upcast(x.dtype()))?.reshape((
                 b,
                 self.num_kv_heads,
                 rep,
@@ -264,7 +280,22 @@ impl Attention {
                 .reshape((b, self.num_kv_heads, rep * t, s))?;
             return self.attend(&probs, &v, b, t, ctx);
         }
-        let scores = (q.matmul(&k.t()?)? * self.scale)?.to_dtype(upcast(x.dtype()))?;
+        if ctx.kernels == Kernels::Fused && self.softcap.is_none() {
+            // Inference: scale, mask and softmax in one pass (see `fused`); a half-precision
+            // model scales in its own dtype first, as transformers does.
+            let scores = matmul(&q, &k.t()?)?;
+            let (scores, scale) = if upcast(x.dtype()) == x.dtype() {
+                (scores, self.scale)
+            } else {
+                ((scores * self.scale)?.to_dtype(upcast(x.dtype()))?, 1.0)
+            };
+            let scores = scores.reshape((b, self.num_kv_heads, rep, t, s))?;
+            let probs = fused::masked_softmax(&scores, ctx.mask(spec.sliding_window), scale)?
+                .to_dtype(v.dtype())?
+                .reshape((b, self.num_kv_heads, rep * t, s))?;
+            return self.attend(&probs, &v, b, t, ctx);
+        }
+        let scores = (matmul(&q, &k.t()?)? * self.scale)?.to_dtype(upcast(x.dtype()))?;
         let scores = match self.softcap {
             Some(cap) => ((scores / cap)?.tanh()? * cap)?,
             None => scores,
@@ -291,9 +322,7 @@ impl Attention {
         t: usize,
         ctx: &ForwardContext,
     ) -> Result<Tensor> {
-        let out = probs
-            .matmul(v)?
-            .reshape((b, self.num_heads, t, self.head_dim))?;
+        let out = matmul(probs, v)?.reshape((b, self.num_heads, t, self.head_dim))?;
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
@@ -322,6 +351,11 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let gate = ctx.project(&self.gate_proj, x)?;
+        if self.activation == Activation::Silu && !gate.track_op() {
+            // Inference: activation and product in one pass.
+            let up = ctx.project(&self.up_proj, x)?;
+            return ctx.project(&self.down_proj, &fused::silu_mul(&gate, &up)?);
+        }
         let gate = match self.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,
@@ -441,6 +475,68 @@ pub struct Batch<'a> {
     pub valid: &'a [Vec<bool>],
 }
 
+/// Several sequences packed into one row of a [`Batch`], each seeing only its own tokens.
+///
+/// Every new token belongs to a segment. A token sees the cached keys and the new tokens of its
+/// own segment and of the segments above it (`parent`, up to segment 0, the trunk), always only
+/// at positions up to its own. Choices of one question thus share the question's tokens (one
+/// segment) without seeing each other (a segment each, children of the question's).
+pub struct Segments<'a> {
+    /// `[batch][seq]`: the segment of every new token.
+    pub of_token: &'a [Vec<u32>],
+    /// `[batch][segment]`: the parent of every segment; `parent[s] < s` for `s > 0`, and
+    /// `parent[0] == 0`.
+    pub parent: &'a [Vec<u32>],
+}
+
+impl Segments<'_> {
+    fn check(&self, batch: &Batch) -> Result<()> {
+        if self.of_token.len() != batch.tokens.len() || self.parent.len() != batch.tokens.len() {
+            candle_core::bail!("segments: one list per batch row expected");
+        }
+        for (row, (of, parent)) in self.of_token.iter().zip(self.parent).enumerate() {
+            if of.len() != batch.tokens[row].len() {
+                candle_core::bail!(
+                    "segments: row {row} has {} tokens but {} segment ids",
+                    batch.tokens[row].len(),
+                    of.len()
+                );
+            }
+            if parent.first().is_some_and(|&p| p != 0) {
+                candle_core::bail!("segments: row {row}: segment 0 must be its own parent");
+            }
+            if let Some(s) = (1..parent.len()).find(|&s| parent[s] as usize >= s) {
+                candle_core::bail!(
+                    "segments: row {row}: segment {s} has parent {} (must be smaller)",
+                    parent[s]
+                );
+            }
+            if let Some(&s) = of.iter().find(|&&s| s as usize >= parent.len().max(1)) {
+                candle_core::bail!("segments: row {row}: segment {s} has no parent entry");
+            }
+        }
+        Ok(())
+    }
+
+    /// `[segment][segment]` of one row: whether a token of the first may see one of the second.
+    fn visibility(&self, row: usize) -> Vec<Vec<bool>> {
+        let parent = &self.parent[row];
+        let n = parent.len().max(1);
+        let mut sees = vec![vec![false; n]; n];
+        for (q, sees) in sees.iter_mut().enumerate() {
+            let mut s = q;
+            loop {
+                sees[s] = true;
+                if s == 0 {
+                    break;
+                }
+                s = parent[s] as usize;
+            }
+        }
+        sees
+    }
+}
+
 impl Decoder {
     /// Loads from a `VarBuilder` whose names follow transformers' (`model.layers.N.…`).
     pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
@@ -496,6 +592,15 @@ impl Decoder {
     /// Runs new tokens through the model, extending `cache`; returns final hidden states
     /// `[batch, seq, hidden]` (after the last norm).
     pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_with(batch, None, cache)
+    }
+
+    fn forward_with(
+        &self,
+        batch: &Batch,
+        segments: Option<&Segments>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
         check_batch(batch, self.cfg.vocab_size)?;
         if cache.batch() != batch.tokens.len() {
             candle_core::bail!(
@@ -510,8 +615,39 @@ impl Decoder {
         }
         let (key_pos, key_valid) = (cache.positions.clone(), cache.valid.clone());
         Ok(self
-            .run(batch, Some(cache), &key_pos, &key_valid, self.kernels, None)?
+            .run(
+                batch,
+                Some(cache),
+                Keys {
+                    positions: &key_pos,
+                    valid: &key_valid,
+                    segments,
+                },
+                self.kernels,
+                None,
+            )?
             .0)
+    }
+
+    /// [`Decoder::forward`] for rows that pack several sequences (see [`Segments`]). Afterwards
+    /// the cache keeps only the new tokens of segment 0 visible to later calls.
+    pub fn forward_segmented(
+        &self,
+        batch: &Batch,
+        segments: &Segments,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        segments.check(batch)?;
+        let cached = cache.len();
+        let hidden = self.forward_with(batch, Some(segments), cache)?;
+        for (row, of) in segments.of_token.iter().enumerate() {
+            for (i, &s) in of.iter().enumerate() {
+                if s != 0 {
+                    cache.valid[row][cached + i] = false;
+                }
+            }
+        }
+        Ok(hidden)
     }
 
     /// The training forward pass: whole sequences, no KV cache, only differentiable ops (candle's
@@ -532,8 +668,11 @@ impl Decoder {
         self.run(
             batch,
             None,
-            batch.positions,
-            batch.valid,
+            Keys {
+                positions: batch.positions,
+                valid: batch.valid,
+                segments: None,
+            },
             Kernels::Differentiable,
             dropout,
         )
@@ -543,8 +682,7 @@ impl Decoder {
         &self,
         batch: &Batch,
         mut cache: Option<&mut KvCache>,
-        key_pos: &[Vec<i64>],
-        key_valid: &[Vec<bool>],
+        keys: Keys,
         kernels: Kernels,
         dropout: Option<DropoutKey>,
     ) -> Result<(Tensor, Vec<Tensor>)> {
@@ -557,12 +695,7 @@ impl Decoder {
         windows.dedup();
         let masks = windows
             .iter()
-            .map(|&w| {
-                Ok((
-                    w,
-                    attention_mask(batch.positions, key_pos, key_valid, w, &device)?,
-                ))
-            })
+            .map(|&w| Ok((w, attention_mask(batch.positions, &keys, w, &device)?)))
             .collect::<Result<Vec<_>>>()?;
         let positions = Tensor::from_vec(batch.positions.concat(), (b, t), &device)?;
         let mut specs: Vec<&RopeSpec> = Vec::new();
@@ -637,13 +770,8 @@ impl Decoder {
         let idx: Vec<u32> = at.iter().map(|&(b, p)| (b * t + p) as u32).collect();
         let idx = Tensor::from_vec(idx, at.len(), hidden.device())?;
         let h = hidden.reshape(((), d))?.index_select(&idx, 0)?;
-        let logits = if h.track_op() && !self.lm_head.is_variable() {
-            // Training: no gradient for the frozen output head.
-            frozen_matmul(&h, &self.lm_head)?
-        } else {
-            h.matmul(&self.lm_head.t()?)?
-        };
-        let logits = logits.to_dtype(upcast(h.dtype()))?;
+        // A frozen output head gets no gradient (see `matmul`).
+        let logits = linear(&h, &self.lm_head)?.to_dtype(upcast(h.dtype()))?;
         match self.cfg.final_logit_softcapping {
             Some(cap) => (logits / cap)?.tanh()? * cap,
             None => Ok(logits),
@@ -651,25 +779,41 @@ impl Decoder {
     }
 }
 
-/// `[batch, 1, 1, q, k]` additive mask: query i sees key j when j is real, `pos_j <= pos_i`, and
-/// (with a window W) `pos_i - W < pos_j`.
+/// What a forward call's queries attend to: every key slot of every row (cached, then new).
+struct Keys<'a> {
+    positions: &'a [Vec<i64>],
+    valid: &'a [Vec<bool>],
+    segments: Option<&'a Segments<'a>>,
+}
+
+/// `[batch, 1, 1, q, k]` additive mask: query i sees key j when j is real, `pos_j <= pos_i`,
+/// (with a window W) `pos_i - W < pos_j`, and (with segments) j is cached or in a segment that i
+/// sees. The queries are the last `q` keys.
 fn attention_mask(
     query_pos: &[Vec<i64>],
-    key_pos: &[Vec<i64>],
-    key_valid: &[Vec<bool>],
+    keys: &Keys,
     window: Option<usize>,
     device: &Device,
 ) -> Result<Tensor> {
+    let (key_pos, key_valid, segments) = (keys.positions, keys.valid, keys.segments);
     let b = query_pos.len();
     let t = query_pos.first().map_or(0, Vec::len);
     let s = key_pos.first().map_or(0, Vec::len);
+    let new_from = s.saturating_sub(t);
     let mut mask = vec![MASKED; b * t * s];
     for row in 0..b {
+        let seg = segments.map(|g| (&g.of_token[row], g.visibility(row)));
         for (i, &qp) in query_pos[row].iter().enumerate() {
             let out = &mut mask[(row * t + i) * s..(row * t + i + 1) * s];
             for (j, (&kp, &ok)) in key_pos[row].iter().zip(&key_valid[row]).enumerate() {
                 let in_window = window.is_none_or(|w| qp - kp < w as i64);
-                if ok && kp <= qp && in_window {
+                let related = match &seg {
+                    Some((of, sees)) if j >= new_from => {
+                        sees[of[i] as usize][of[j - new_from] as usize]
+                    }
+                    _ => true,
+                };
+                if ok && kp <= qp && in_window && related {
                     out[j] = 0.0;
                 }
             }

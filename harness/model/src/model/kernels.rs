@@ -16,9 +16,7 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tens
         scores,
         Kernel {
             name: "masked-softmax",
-            forward: Box::new(move |x| {
-                candle_nn::ops::softmax_last_dim(&(x * scale)?.broadcast_add(&mask)?)
-            }),
+            forward: Box::new(move |x| super::fused::masked_softmax(x, &mask, scale)),
             backward: Box::new(move |_, y, g| {
                 // p ⊙ (g − Σ g ⊙ p), times the scale.
                 let dot = (g * y)?.sum_keepdim(D::Minus1)?;

@@ -2,11 +2,13 @@
 
 pub mod config;
 pub mod decoder;
+pub mod fused;
 pub mod kernels;
 pub mod kv_cache;
+pub mod matmul;
 pub mod projection;
 
 pub use config::{Architecture, ModelConfig};
-pub use decoder::{Batch, Decoder, Kernels};
+pub use decoder::{Batch, Decoder, Kernels, Segments};
 pub use kv_cache::KvCache;
 pub use projection::{Adapter, DropoutKey, Lora, MoeLora, Projection};

@@ -12,14 +12,12 @@
 //! all go through [`Projection::forward`] (or [`Projection::forward_routed`], which also returns
 //! a mixture's routing weights).
 
-use std::sync::Arc;
-
-use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, D,
-};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use super::matmul::{linear, matmul};
 
 /// A LoRA adapter on one linear layer.
 #[derive(Debug, Clone)]
@@ -85,13 +83,40 @@ impl MoeLora {
     /// The routing weights `g(x)`, `[n, E]`, of flattened inputs `[n, in]`; every row sums to 1.
     pub fn route(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let logits = x
-            .matmul(&self.router.t()?)?
-            .to_dtype(softmax_dtype(dtype))?;
+        let logits = matmul(x, &self.router.t()?)?.to_dtype(softmax_dtype(dtype))?;
         // Shift by the (constant) row maximum for range; it cancels in the softmax.
         let max = logits.max_keepdim(D::Minus1)?.detach();
         let e = logits.broadcast_sub(&max)?.exp()?;
         e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?.to_dtype(dtype)
+    }
+}
+
+impl MoeLora {
+    /// `Σᵢ gᵢ(x)·s·Bᵢ·Aᵢ·input` and the routing weights `g(x)`, `[.., E]`; `input` is `x`
+    /// after the experts' dropout.
+    fn forward(&self, x: &Tensor, input: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dims = input.dims().to_vec();
+        let width = dims[dims.len() - 1];
+        let flat = input.reshape(((), width))?;
+        let gates = self.route(&x.reshape(((), width))?)?;
+        let (e, r) = (self.experts(), self.rank()?);
+        // The experts stacked: [E·r, in] down, then each expert's r columns weighted by its
+        // gate, then [out, E·r] up — Σᵢ gᵢ·s·Bᵢ·Aᵢ·x in two matmuls.
+        let down = matmul(&flat, &Tensor::cat(&self.a, 0)?.t()?)?;
+        let n = down.dim(0)?;
+        let weights = gates
+            .unsqueeze(2)?
+            .broadcast_as((n, e, r))?
+            .reshape((n, e * r))?;
+        let up = matmul(
+            &(down * weights)?,
+            &(Tensor::cat(&self.b, 1)? * self.scale)?.t()?,
+        )?;
+        let mut out_shape = dims.clone();
+        *out_shape.last_mut().expect("at least one dim") = self.b[0].dim(0)?;
+        let mut route_shape = dims;
+        *route_shape.last_mut().expect("at least one dim") = e;
+        Ok((up.reshape(out_shape)?, gates.reshape(route_shape)?))
     }
 }
 
@@ -221,16 +246,11 @@ impl Projection {
         x: &Tensor,
         dropout: Option<DropoutKey>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let base = if x.track_op() && !self.weight().is_variable() {
-            // Training: gradients flow through x but the weight is frozen, so skip the weight
-            // gradient candle's matmul backward would compute and throw away.
-            let y = frozen_matmul(x, self.weight())?;
-            match self.bias() {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            }
-        } else {
-            self.linear.forward(x)?
+        // A frozen weight gets no gradient (see `matmul`); one made a `Var` does.
+        let base = linear(x, self.weight())?;
+        let base = match self.bias() {
+            Some(b) => base.broadcast_add(b)?,
+            None => base,
         };
         let Some(adapter) = &self.adapter else {
             return Ok((base, None));
@@ -239,38 +259,19 @@ impl Projection {
             Some(key) if adapter.dropout() > 0.0 => self.dropout(x, adapter.dropout(), key)?,
             _ => x.clone(),
         };
-        let dims = input.dims().to_vec();
-        let flat = input.flatten_to(dims.len() - 2)?;
-        let flat = flat.reshape(((), dims[dims.len() - 1]))?;
-        let (up, out, routes) = match adapter {
+        match adapter {
             Adapter::Lora(lora) => {
-                let down = flat.matmul(&lora.a.t()?)?;
-                // Scaling the small B rather than the [tokens, out] product keeps one activation
-                // less.
-                let up = down.matmul(&(&lora.b * lora.scale)?.t()?)?;
-                (up, lora.b.dim(0)?, None)
+                // Scaling the small B rather than the [tokens, out] product keeps one
+                // activation less.
+                let down = linear(&input, &lora.a)?;
+                let up = linear(&down, &(&lora.b * lora.scale)?)?;
+                Ok(((base + up)?, None))
             }
             Adapter::Moe(moe) => {
-                let gates = moe.route(&x.reshape(((), dims[dims.len() - 1]))?)?;
-                let (e, r) = (moe.experts(), moe.rank()?);
-                // The experts stacked: [E·r, in] down, then each expert's r columns weighted by
-                // its gate, then [out, E·r] up — Σᵢ gᵢ·s·Bᵢ·Aᵢ·x in two matmuls.
-                let down = flat.matmul(&Tensor::cat(&moe.a, 0)?.t()?)?;
-                let n = down.dim(0)?;
-                let weights = gates
-                    .unsqueeze(2)?
-                    .broadcast_as((n, e, r))?
-                    .reshape((n, e * r))?;
-                let up = (down * weights)?.matmul(&(Tensor::cat(&moe.b, 1)? * moe.scale)?.t()?)?;
-                let mut route_shape = dims.clone();
-                *route_shape.last_mut().expect("at least two dims") = e;
-                (up, moe.b[0].dim(0)?, Some(gates.reshape(route_shape)?))
+                let (up, routes) = moe.forward(x, &input)?;
+                Ok(((base + up)?, Some(routes)))
             }
-        };
-        let mut out_shape = dims;
-        let last = out_shape.len() - 1;
-        out_shape[last] = out;
-        Ok(((base + up.reshape(out_shape)?)?, routes))
+        }
     }
 
     /// Inverted dropout (survivors scaled by 1/(1-p)), as `torch.nn.Dropout` in training mode.
@@ -289,74 +290,6 @@ impl Projection {
             .collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x * mask
-    }
-}
-
-/// `x·Wᵀ` whose backward pass returns the gradient of `x` only.
-pub(crate) fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let (out, inp) = weight.dims2()?;
-    let flat = x.reshape(((), inp))?.contiguous()?;
-    let y = flat.apply_op1_arc(Arc::new(Box::new(FrozenLinear {
-        weight: weight.contiguous()?,
-    })))?;
-    let mut out_shape = dims;
-    let last = out_shape.len() - 1;
-    out_shape[last] = out;
-    y.reshape(out_shape)
-}
-
-/// The custom op behind [`frozen_matmul`]: `[n, in] → [n, out]` with a captured weight.
-struct FrozenLinear {
-    /// `[out, in]`, contiguous.
-    weight: Tensor,
-}
-
-impl FrozenLinear {
-    fn shapes(&self, layout: &Layout) -> Result<(usize, usize, usize, Layout)> {
-        let (n, k) = layout.shape().dims2()?;
-        let (out, inp) = self.weight.dims2()?;
-        if k != inp {
-            candle_core::bail!("frozen linear: input has {k} features, weight expects {inp}");
-        }
-        // Wᵀ as a strided view: [in, out] with strides (1, in).
-        let wt = Layout::contiguous((out, inp)).transpose(0, 1)?;
-        Ok((n, k, out, wt))
-    }
-}
-
-impl CustomOp1 for FrozenLinear {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, k, out, wt) = self.shapes(layout)?;
-        let (w, _) = self.weight.storage_and_layout();
-        let candle_core::Storage::Cpu(w) = &*w else {
-            candle_core::bail!("frozen linear: weight and input are on different devices");
-        };
-        let y = storage.matmul(w, (1, n, out, k), layout, &wt)?;
-        Ok((y, Shape::from((n, out))))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (n, k, out, wt) = self.shapes(layout)?;
-        let (w, _) = self.weight.storage_and_layout();
-        let candle_core::Storage::Cuda(w) = &*w else {
-            candle_core::bail!("frozen linear: weight and input are on different devices");
-        };
-        let y = storage.matmul(w, (1, n, out, k), layout, &wt)?;
-        Ok((y, Shape::from((n, out))))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.matmul(&self.weight)?))
     }
 }
 
