@@ -10,6 +10,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     dtm_model::memory::reuse_freed_memory();
+    dtm_harness::device::pin_thread_count();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

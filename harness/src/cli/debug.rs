@@ -41,8 +41,11 @@ pub struct LoglikelihoodArgs {
     requests: PathBuf,
 }
 
-/// Reads JSONL requests; an error names the file and the line.
-fn read_requests(path: &PathBuf) -> Result<Vec<LoglikelihoodRequest>, CliError> {
+/// Reads JSONL requests; an error names the file and the line. `shape` describes one line.
+pub(super) fn read_requests<T: serde::de::DeserializeOwned>(
+    path: &PathBuf,
+    shape: &str,
+) -> Result<Vec<T>, CliError> {
     let bad = |problem: String| CliError::BadInput(format!("{}: {problem}", path.display()));
     let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
     let mut out = Vec::new();
@@ -51,9 +54,9 @@ fn read_requests(path: &PathBuf) -> Result<Vec<LoglikelihoodRequest>, CliError> 
         if line.trim().is_empty() {
             continue;
         }
-        let request: LoglikelihoodRequest = serde_json::from_str(&line).map_err(|e| {
+        let request: T = serde_json::from_str(&line).map_err(|e| {
             CliError::BadInput(format!(
-                "{}:{}: expected {{\"context\": …, \"continuation\": …}} ({e})",
+                "{}:{}: expected {shape} ({e})",
                 path.display(),
                 n + 1
             ))
@@ -67,7 +70,8 @@ fn read_requests(path: &PathBuf) -> Result<Vec<LoglikelihoodRequest>, CliError> 
 }
 
 pub fn loglikelihood(args: LoglikelihoodArgs) -> Result<()> {
-    let requests = read_requests(&args.requests)?;
+    let requests: Vec<LoglikelihoodRequest> =
+        read_requests(&args.requests, "{\"context\": …, \"continuation\": …}")?;
     let models = args.model.load()?;
     let mut engine = Engine::new(models.ensemble()?, args.model.engine_options());
     let results = engine.loglikelihood(&requests)?;

@@ -100,12 +100,33 @@ pub struct ModelArgs {
     /// Longest input in tokens, at least 2 (default: the model's max_position_embeddings).
     #[arg(long, value_parser = values::at_least_two)]
     max_length: Option<usize>,
+    /// Decode on the GGUF file's own quantized weights: products of one to three rows (greedy
+    /// generation at batch sizes up to 3) multiply by them with candle's quantized matmul
+    /// instead of by float copies. Faster there, not exact: log-probabilities move away from
+    /// the float ones (`harness bench --quantized` measures by how much). Longer products
+    /// (prompts, scoring, bigger batches) are faster in float and stay exact. Q5_0 and Q5_1,
+    /// which candle has no vectorised kernel for, are re-encoded as Q8_0 at load. Every
+    /// --model must be a .gguf file. Off by default; recorded in results.json and in the resume
+    /// fingerprint, so quantized and float results never mix.
+    #[arg(long)]
+    quantized: bool,
 }
 
 impl ModelArgs {
     fn load(&self) -> Result<models::LoadedModels> {
+        self.load_as(self.quantized)
+    }
+
+    /// Loads with or without quantized compute, whatever --quantized says.
+    fn load_as(&self, quantized: bool) -> Result<models::LoadedModels> {
         let device = device::device(self.device)?;
-        models::load(&self.members()?, self.mode(), self.dtype.dtype(), &device)
+        models::load(
+            &self.members()?,
+            self.mode(),
+            self.dtype.dtype(),
+            &device,
+            quantized,
+        )
     }
 
     /// Each --model with its --adapter, paired in order.

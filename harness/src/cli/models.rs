@@ -63,18 +63,25 @@ pub struct LoadedModels {
     mode: EnsembleMode,
 }
 
-/// Loads every member; a checkpoint path named several times is read once.
+/// Loads every member; a checkpoint path named several times is read once. With `quantized`,
+/// every member must be a GGUF file and runs on its quantized weights.
 pub fn load(
     members: &[Member],
     mode: EnsembleMode,
     dtype: DType,
     device: &Device,
+    quantized: bool,
 ) -> Result<LoadedModels> {
     let mut bases: BTreeMap<&Path, LoadedModel> = BTreeMap::new();
     let mut loaded = Vec::with_capacity(members.len());
     for m in members {
         if !bases.contains_key(m.model.as_path()) {
-            bases.insert(&m.model, checkpoint::load(&m.model, dtype, device)?);
+            let model = if quantized {
+                checkpoint::load_quantized(&m.model, dtype, device)?
+            } else {
+                checkpoint::load(&m.model, dtype, device)?
+            };
+            bases.insert(&m.model, model);
         }
         let base = &bases[m.model.as_path()];
         // Cloning a decoder shares its weight tensors; attaching an adapter replaces only the
@@ -150,12 +157,17 @@ impl LoadedModels {
                 adapter,
             });
         }
+        let quantized = self.members.iter().any(|m| m.decoder.is_quantized());
         Ok(Identity {
             members,
             mode: self.is_ensemble().then_some(self.mode),
+            compute: quantized.then_some(QUANTIZED_COMPUTE),
         })
     }
 }
+
+/// What results.json and the resume fingerprint call the quantized compute path.
+pub const QUANTIZED_COMPUTE: &str = "gguf-quantized";
 
 struct MemberIdentity {
     path: String,
@@ -169,6 +181,8 @@ pub struct Identity {
     members: Vec<MemberIdentity>,
     /// `None` for a single model.
     mode: Option<EnsembleMode>,
+    /// `None` for exact float compute (the default), else how the weights were run.
+    compute: Option<&'static str>,
 }
 
 impl Identity {
@@ -178,6 +192,10 @@ impl Identity {
     /// ensemble records its mode and every member's hashes in order.
     pub fn add_to_fingerprint(&self, fingerprint: &mut Value) {
         let adapter_sha256 = |m: &MemberIdentity| m.adapter.get("sha256").cloned();
+        // Only recorded when not the default, so that float runs keep their fingerprints.
+        if let Some(compute) = self.compute {
+            fingerprint["compute"] = json!(compute);
+        }
         match self.mode {
             None => {
                 let m = &self.members[0];
@@ -197,16 +215,19 @@ impl Identity {
         }
     }
 
-    /// results.json's `model`: `{path, sha256, architecture, adapter}`, or for an ensemble
-    /// `{ensemble: MODE, members: [{path, sha256, architecture, adapter}, …]}`.
+    /// results.json's `model`: `{path, sha256, architecture, adapter, compute}`, or for an
+    /// ensemble `{ensemble: MODE, members: [{path, sha256, architecture, adapter}, …], compute}`;
+    /// `compute` is `float` or `gguf-quantized`.
     pub fn header(&self) -> Value {
         let member = |m: &MemberIdentity| json!({"path": m.path, "sha256": m.sha256, "architecture": m.architecture, "adapter": m.adapter});
-        match self.mode {
+        let mut header = match self.mode {
             None => member(&self.members[0]),
             Some(mode) => json!({
                 "ensemble": mode,
                 "members": self.members.iter().map(member).collect::<Vec<_>>(),
             }),
-        }
+        };
+        header["compute"] = json!(self.compute.unwrap_or("float"));
+        header
     }
 }

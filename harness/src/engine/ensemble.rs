@@ -250,6 +250,28 @@ impl EnsembleCache {
             .map(Self)
     }
 
+    /// A new batch of the given `(cache, row)` rows with room for `spare` more slots (see
+    /// [`KvCache::gather_rows`]), for every member.
+    pub fn gather_rows(
+        parts: &[(&EnsembleCache, usize)],
+        spare: usize,
+    ) -> candle_core::Result<Self> {
+        let members = parts.first().map_or(0, |(c, _)| c.0.len());
+        (0..members)
+            .map(|m| {
+                let member: Vec<(&KvCache, usize)> =
+                    parts.iter().map(|(c, r)| (&c.0[m], *r)).collect();
+                KvCache::gather_rows(&member, spare)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map(Self)
+    }
+
+    /// Makes room for `additional` more slots per row in every member's cache.
+    pub fn reserve(&mut self, additional: usize) -> candle_core::Result<()> {
+        self.0.iter_mut().try_for_each(|c| c.reserve(additional))
+    }
+
     fn each(
         &self,
         f: impl Fn(&KvCache) -> candle_core::Result<KvCache>,

@@ -1,10 +1,19 @@
 //! `generate_until`: greedy decoding with a KV cache, stopped by stop strings, EOS or a token
-//! budget. Rows of a batch share their common prefix; the rest is left-padded so that every row
-//! produces its next token at the same column.
+//! budget, with continuous batching: up to `batch_size` rows decode together, and when a row
+//! finishes the next waiting request takes its place, so the batch stays full until the queue is
+//! empty.
+//!
+//! Requests are taken in sorted order so that prompts sharing a preamble follow each other and
+//! reuse its cached keys. Newcomers are prefilled together (left-padded to a common length), then
+//! joined to the running rows in one new cache with room for the rest of the token budget; every
+//! decoding step writes its keys into that room in place. The only copies of the cache are made
+//! when rows join or leave.
+
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::ensemble::EnsembleCache;
+use super::ensemble::{EnsembleCache, Hidden};
 use super::prefix_cache::common_prefix_len;
 use super::{Engine, Stats};
 use crate::error::{Result, RuntimeError};
@@ -27,11 +36,20 @@ pub struct Generation {
     pub ids: Vec<u32>,
 }
 
+/// One request being generated.
 struct Row {
     request: usize,
     ids: Vec<u32>,
-    done: bool,
     text: String,
+    done: bool,
+    /// The position of the next token fed to the model.
+    next_position: i64,
+}
+
+/// The rows decoding together and their cache (cache row `i` is `rows[i]`).
+struct Running {
+    rows: Vec<Row>,
+    cache: Option<EnsembleCache>,
 }
 
 impl Engine<'_> {
@@ -75,62 +93,92 @@ impl Engine<'_> {
         }
         let mut out: Vec<Option<Generation>> = vec![None; requests.len()];
         // A budget of no tokens generates nothing (and runs nothing).
-        order.retain(|&i| {
-            let empty = requests[i].max_new_tokens == 0;
-            if empty {
+        let mut queue: VecDeque<usize> = VecDeque::with_capacity(order.len());
+        for i in order {
+            if requests[i].max_new_tokens == 0 {
                 out[i] = Some(Generation {
                     text: String::new(),
                     ids: Vec::new(),
                 });
-            }
-            !empty
-        });
-        for chunk in order.chunks(self.options.batch_size.max(1)) {
-            for (i, generation) in self.generate_batch(requests, &prompts, &shared, chunk)? {
-                out[i] = Some(generation);
+            } else {
+                queue.push_back(i);
             }
         }
+        let capacity = self.options.batch_size.max(1);
+        let mut stats = Stats::default();
+        let mut running = Running {
+            rows: Vec::new(),
+            cache: None,
+        };
+        loop {
+            let live = running.rows.iter().filter(|r| !r.done).count();
+            let admit = (capacity - live).min(queue.len());
+            if admit > 0 {
+                let newcomers: Vec<usize> = queue.drain(..admit).collect();
+                running = self.admit(
+                    requests, &prompts, &shared, &newcomers, running, &mut out, &mut stats,
+                )?;
+                // Newcomers may have finished at their first token: look again.
+                continue;
+            }
+            if live < running.rows.len() {
+                // Nobody is waiting: the finished rows just leave.
+                let keep: Vec<usize> = (0..running.rows.len())
+                    .filter(|&i| !running.rows[i].done)
+                    .collect();
+                running.cache = match (&running.cache, keep.is_empty()) {
+                    (Some(c), false) => Some(c.select_rows(&keep)?),
+                    _ => None,
+                };
+                running.rows.retain(|r| !r.done);
+            }
+            if running.rows.is_empty() {
+                break;
+            }
+            self.decode_step(requests, &mut running, &mut out, &mut stats)?;
+        }
+        self.stats.add(&stats);
         Ok(out
             .into_iter()
             .map(|g| g.expect("every request generated"))
             .collect())
     }
 
-    fn generate_batch(
+    /// Prefills `newcomers` together, takes their first tokens, and makes one batch of them and
+    /// the unfinished rows of `running`.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
         &mut self,
         requests: &[GenerateRequest],
         prompts: &[Vec<u32>],
         shared: &[usize],
-        chunk: &[usize],
-    ) -> Result<Vec<(usize, Generation)>> {
+        newcomers: &[usize],
+        running: Running,
+        out: &mut [Option<Generation>],
+        stats: &mut Stats,
+    ) -> Result<Running> {
         let model = &self.model;
-        let tokenizer = model.tokenizer();
-        let eos = tokenizer.eos_token_ids().to_vec();
-        let mut stats = Stats {
-            requested: chunk.iter().map(|&i| prompts[i].len()).sum(),
-            ..Stats::default()
-        };
-        // Rows of one batch may come from different preambles: each row starts from its own
-        // cached prefix, and the rows' caches are stacked (left-padded) into one.
-        let row_caches = chunk
+        stats.requested += newcomers.iter().map(|&i| prompts[i].len()).sum::<usize>();
+        // Each newcomer starts from its own cached prefix; the prefixes are stacked (left-padded)
+        // with room for the unshared rest, which is left-padded to a common width.
+        let row_caches = newcomers
             .iter()
             .map(|&i| match shared[i] {
                 0 => Ok(model.new_cache(1)),
-                n => self.prefixes.get(model, &prompts[i][..n], &mut stats),
+                n => self.prefixes.get(model, &prompts[i][..n], stats),
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let mut cache = EnsembleCache::stack_rows(&row_caches)?;
-
-        // Prefill: left-pad the unshared parts to a common length.
-        let width = chunk
+        let width = newcomers
             .iter()
             .map(|&i| prompts[i].len() - shared[i])
             .max()
             .unwrap_or(0);
-        let mut tokens = Vec::new();
-        let mut positions = Vec::new();
-        let mut valid = Vec::new();
-        for &i in chunk {
+        let parts: Vec<(&EnsembleCache, usize)> = row_caches.iter().map(|c| (c, 0)).collect();
+        let mut group = EnsembleCache::gather_rows(&parts, width)?;
+        let mut tokens = Vec::with_capacity(newcomers.len());
+        let mut positions = Vec::with_capacity(newcomers.len());
+        let mut valid = Vec::with_capacity(newcomers.len());
+        for &i in newcomers {
             let rest = &prompts[i][shared[i]..];
             let pad = width - rest.len();
             stats.forwarded += rest.len();
@@ -145,88 +193,127 @@ impl Engine<'_> {
             v.extend(std::iter::repeat_n(true, rest.len()));
             valid.push(v);
         }
-        let mut hidden = model.forward(
+        let hidden = model.forward(
             &Batch {
                 tokens: &tokens,
                 positions: &positions,
                 valid: &valid,
             },
-            &mut cache,
+            &mut group,
         )?;
-        let mut rows: Vec<Row> = chunk
+        let mut joined: Vec<Row> = newcomers
             .iter()
             .map(|&i| Row {
                 request: i,
                 ids: Vec::new(),
-                done: false,
                 text: String::new(),
+                done: false,
+                next_position: prompts[i].len() as i64,
             })
             .collect();
-        let mut active: Vec<usize> = (0..rows.len()).collect();
-        let mut last_col = width - 1;
-        while !active.is_empty() {
-            let at: Vec<(usize, usize)> = (0..active.len()).map(|r| (r, last_col)).collect();
-            // The greedy choice of the (combined) distribution.
-            let next = model.next_token(&hidden, &at)?.argmax()?;
-            for (&row, &id) in active.iter().zip(&next) {
-                let row = &mut rows[row];
-                let request = &requests[row.request];
-                row.ids.push(id);
-                if eos.contains(&id) {
-                    row.done = true;
-                    row.text = tokenizer.decode(&row.ids[..row.ids.len() - 1])?;
-                } else {
-                    row.text = tokenizer.decode(&row.ids)?;
-                    if let Some(cut) = first_stop(&row.text, &request.until) {
-                        row.text.truncate(cut);
-                        row.done = true;
-                    }
-                }
-                if row.ids.len() >= request.max_new_tokens {
-                    row.done = true;
-                }
+        let at: Vec<(usize, usize)> = (0..newcomers.len()).map(|r| (r, width - 1)).collect();
+        self.take_tokens(requests, &hidden, &at, &mut joined, out)?;
+
+        // One new cache: the running rows that go on, then the newcomers.
+        let Running { rows, cache } = running;
+        let mut parts: Vec<(&EnsembleCache, usize)> = Vec::new();
+        let mut kept: Vec<Row> = Vec::new();
+        for (r, row) in rows.into_iter().enumerate() {
+            if !row.done {
+                parts.push((cache.as_ref().expect("running rows have a cache"), r));
+                kept.push(row);
             }
-            let keep: Vec<usize> = (0..active.len())
-                .filter(|&k| !rows[active[k]].done)
-                .collect();
-            if keep.is_empty() {
-                break;
-            }
-            if keep.len() < active.len() {
-                cache = cache.select_rows(&keep)?;
-            }
-            active = keep.iter().map(|&k| active[k]).collect();
-            let next_pos = cache.next_positions();
-            let tokens: Vec<Vec<u32>> = active
-                .iter()
-                .map(|&r| vec![*rows[r].ids.last().expect("one token generated")])
-                .collect();
-            let positions: Vec<Vec<i64>> = next_pos.iter().map(|&p| vec![p]).collect();
-            let valid = vec![vec![true]; active.len()];
-            stats.generated += active.len();
-            hidden = model.forward(
-                &Batch {
-                    tokens: &tokens,
-                    positions: &positions,
-                    valid: &valid,
-                },
-                &mut cache,
-            )?;
-            last_col = 0;
         }
-        self.stats.add(&stats);
-        Ok(rows
-            .into_iter()
+        parts.extend((0..joined.len()).map(|r| (&group, r)));
+        kept.extend(joined);
+        let spare = kept
+            .iter()
             .map(|r| {
-                (
-                    r.request,
-                    Generation {
-                        text: r.text,
-                        ids: r.ids,
-                    },
-                )
+                requests[r.request]
+                    .max_new_tokens
+                    .saturating_sub(r.ids.len())
             })
-            .collect())
+            .max()
+            .unwrap_or(0);
+        let cache = EnsembleCache::gather_rows(&parts, spare)?;
+        Ok(Running {
+            rows: kept,
+            cache: Some(cache),
+        })
+    }
+
+    /// Feeds every row its last token and takes the next one.
+    fn decode_step(
+        &mut self,
+        requests: &[GenerateRequest],
+        running: &mut Running,
+        out: &mut [Option<Generation>],
+        stats: &mut Stats,
+    ) -> Result<()> {
+        let n = running.rows.len();
+        let tokens: Vec<Vec<u32>> = running
+            .rows
+            .iter()
+            .map(|r| vec![*r.ids.last().expect("a running row has a token")])
+            .collect();
+        let positions: Vec<Vec<i64>> = running.rows.iter().map(|r| vec![r.next_position]).collect();
+        let valid = vec![vec![true]; n];
+        stats.generated += n;
+        stats.decode_steps += 1;
+        let cache = running.cache.as_mut().expect("running rows have a cache");
+        let hidden = self.model.forward(
+            &Batch {
+                tokens: &tokens,
+                positions: &positions,
+                valid: &valid,
+            },
+            cache,
+        )?;
+        for row in &mut running.rows {
+            row.next_position += 1;
+        }
+        let at: Vec<(usize, usize)> = (0..n).map(|r| (r, 0)).collect();
+        self.take_tokens(requests, &hidden, &at, &mut running.rows, out)
+    }
+
+    /// The greedy choice of the (combined) distribution at `at[i]` becomes `rows[i]`'s next
+    /// token; a row ends at EOS, at a stop string or at its token budget, and its generation is
+    /// recorded in `out` then.
+    fn take_tokens(
+        &self,
+        requests: &[GenerateRequest],
+        hidden: &Hidden,
+        at: &[(usize, usize)],
+        rows: &mut [Row],
+        out: &mut [Option<Generation>],
+    ) -> Result<()> {
+        let tokenizer = self.model.tokenizer();
+        let eos = tokenizer.eos_token_ids();
+        let next = self.model.next_token(hidden, at)?.argmax()?;
+        for (row, &id) in rows.iter_mut().zip(&next) {
+            let request = &requests[row.request];
+            row.ids.push(id);
+            if eos.contains(&id) {
+                row.done = true;
+                row.text = tokenizer.decode(&row.ids[..row.ids.len() - 1])?;
+            } else {
+                row.text = tokenizer.decode(&row.ids)?;
+                if let Some(cut) = first_stop(&row.text, &request.until) {
+                    row.text.truncate(cut);
+                    row.done = true;
+                }
+            }
+            if row.ids.len() >= request.max_new_tokens {
+                row.done = true;
+            }
+            if row.done {
+                out[row.request] = Some(Generation {
+                    text: row.text.clone(),
+                    ids: row.ids.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

@@ -69,3 +69,39 @@ impl Engine<'_> {
         Ok(TextReport { ids, tokens })
     }
 }
+
+impl Engine<'_> {
+    /// `log P(ids[i] | ids[<i])` for every `i > start`, computed the way greedy generation
+    /// computes its distributions: `ids[..=start]` run as a prompt (one forward pass), then every
+    /// later token fed on its own, each pass extending the cache. (Compare [`Engine::inspect`],
+    /// which runs the whole text in one pass.)
+    pub fn decode_logprobs(&mut self, ids: &[u32], start: usize) -> Result<Vec<f64>> {
+        if start >= ids.len() {
+            return Ok(Vec::new());
+        }
+        let model = &self.model;
+        let mut cache = model.new_cache(1);
+        cache.reserve(ids.len())?;
+        let mut out = Vec::with_capacity(ids.len() - start - 1);
+        let mut from = 0;
+        for end in start + 1..=ids.len() {
+            let hidden = model.forward(
+                &Batch {
+                    tokens: &[ids[from..end].to_vec()],
+                    positions: &[(from as i64..end as i64).collect()],
+                    valid: &[vec![true; end - from]],
+                },
+                &mut cache,
+            )?;
+            if let Some(&next) = ids.get(end) {
+                let at = [(0, end - from - 1)];
+                let (logprobs, _) = model.next_token(&hidden, &at)?.target_logprobs(&[next])?;
+                out.push(logprobs[0]);
+            }
+            from = end;
+        }
+        self.stats.requested += ids.len();
+        self.stats.forwarded += ids.len();
+        Ok(out)
+    }
+}

@@ -12,6 +12,11 @@ pub struct Stats {
     pub padding: usize,
     /// Tokens produced by generation, each run through the model once more to extend the cache.
     pub generated: usize,
+    /// Forward passes of generation's decoding loop, each extending every running row by one
+    /// token: `generated / decode_steps` is how full the generation batches were. (Absent from
+    /// results written before it was counted.)
+    #[serde(default)]
+    pub decode_steps: usize,
 }
 
 impl Stats {
@@ -22,6 +27,7 @@ impl Stats {
             forwarded: self.forwarded - earlier.forwarded,
             padding: self.padding - earlier.padding,
             generated: self.generated - earlier.generated,
+            decode_steps: self.decode_steps - earlier.decode_steps,
         }
     }
 
@@ -30,5 +36,6 @@ impl Stats {
         self.forwarded += other.forwarded;
         self.padding += other.padding;
         self.generated += other.generated;
+        self.decode_steps += other.decode_steps;
     }
 }

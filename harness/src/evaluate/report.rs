@@ -326,6 +326,7 @@ mod tests {
                 forwarded: 7,
                 padding: 1,
                 generated: 3,
+                decode_steps: 2,
             },
             wall_seconds: 2.5,
         };

@@ -1,13 +1,16 @@
 //! A single GGUF file: metadata becomes a [`ModelConfig`], every tensor is dequantised to the
 //! target dtype under its transformers name, and the tokenizer comes from a `tokenizer.json`
-//! beside the file or, failing that, from the GGUF metadata.
+//! beside the file or, failing that, from the GGUF metadata. On request the quantized weight
+//! matrices are kept as stored, for the quantized compute path.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::gguf_tokenizer;
@@ -25,6 +28,9 @@ pub struct GgufFile {
     pub chat_template: Option<String>,
     /// `tokenizer.ggml.padding_token_id`.
     pub pad_token_id: Option<u32>,
+    /// With [`open_with`]`(_, true)`: every weight matrix stored in a quantized type, as stored
+    /// (Llama's q/k rows put back in transformers' order), under its transformers name.
+    pub quantized: HashMap<String, QTensor>,
 }
 
 pub(crate) struct Metadata<'a> {
@@ -80,6 +86,11 @@ impl Metadata<'_> {
 }
 
 pub fn open(path: &Path) -> Result<GgufFile, LoadError> {
+    open_with(path, false)
+}
+
+/// [`open`], also keeping the quantized weight matrices when `keep_quantized`.
+pub fn open_with(path: &Path, keep_quantized: bool) -> Result<GgufFile, LoadError> {
     let file = File::open(path).map_err(|e| LoadError::at(path, format!("cannot open: {e}")))?;
     let size = file
         .metadata()
@@ -109,7 +120,8 @@ pub fn open(path: &Path) -> Result<GgufFile, LoadError> {
             )))
         }
     };
-    let tensors = load_tensors(&content, &mut reader, &meta, architecture)?;
+    let (tensors, quantized) =
+        load_tensors(&content, &mut reader, &meta, architecture, keep_quantized)?;
     let config = config(&meta, architecture, &arch_name, &tensors)?;
     let tokenizer = match path
         .parent()
@@ -145,6 +157,7 @@ pub fn open(path: &Path) -> Result<GgufFile, LoadError> {
         tensors,
         chat_template,
         pad_token_id,
+        quantized,
     })
 }
 
@@ -200,44 +213,81 @@ fn hf_name(gguf: &str, arch: Architecture) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
 }
 
+type Tensors = (HashMap<String, Tensor>, HashMap<String, QTensor>);
+
 fn load_tensors(
     content: &Content,
     reader: &mut BufReader<File>,
     meta: &Metadata,
     arch: Architecture,
-) -> Result<HashMap<String, Tensor>, LoadError> {
+    keep_quantized: bool,
+) -> Result<Tensors, LoadError> {
     let prefix = meta.str("general.architecture")?;
     let heads = meta.u64(&format!("{prefix}.attention.head_count"))? as usize;
     let kv_heads = meta
         .opt_u64(&format!("{prefix}.attention.head_count_kv"))?
         .map_or(heads, |v| v as usize);
     let mut out = HashMap::new();
+    let mut quantized = HashMap::new();
     for name in content.tensor_infos.keys() {
         let Some(hf) = hf_name(name, arch) else {
             // rope_freqs and similar precomputed helpers are recomputed from the config.
             continue;
         };
         let wrap = |e: candle_core::Error| meta.err(format!("tensor `{name}`: {}", first_line(&e)));
-        let t = content
-            .tensor(reader, name, &Device::Cpu)
-            .map_err(wrap)?
-            .dequantize(&Device::Cpu)
-            .map_err(wrap)?;
-        let t = match (arch, hf.as_str()) {
-            // llama.cpp permutes q/k rows of Llama checkpoints for its interleaved rope; undo it.
-            (Architecture::Llama, n) if n.ends_with("q_proj.weight") => {
-                unpermute(&t, heads).map_err(wrap)?
-            }
-            (Architecture::Llama, n) if n.ends_with("k_proj.weight") => {
-                unpermute(&t, kv_heads).map_err(wrap)?
-            }
+        let q = content.tensor(reader, name, &Device::Cpu).map_err(wrap)?;
+        let t = q.dequantize(&Device::Cpu).map_err(wrap)?;
+        // llama.cpp permutes q/k rows of Llama checkpoints for its interleaved rope; undo it.
+        let permuted_heads = match (arch, hf.as_str()) {
+            (Architecture::Llama, n) if n.ends_with("q_proj.weight") => Some(heads),
+            (Architecture::Llama, n) if n.ends_with("k_proj.weight") => Some(kv_heads),
+            _ => None,
+        };
+        if keep_quantized && is_quantized(q.dtype()) && q.shape().rank() == 2 {
+            let q = match permuted_heads {
+                Some(h) => unpermute_quantized(&q, h).map_err(wrap)?,
+                None => q,
+            };
+            quantized.insert(hf.clone(), q);
+        }
+        let t = match (permuted_heads, arch, hf.as_str()) {
+            (Some(h), _, _) => unpermute(&t, h).map_err(wrap)?,
             // llama.cpp stores Gemma norms as 1 + w; transformers' weight is w.
-            (Architecture::Gemma3, n) if n.ends_with("norm.weight") => (t - 1.0).map_err(wrap)?,
+            (None, Architecture::Gemma3, n) if n.ends_with("norm.weight") => {
+                (t - 1.0).map_err(wrap)?
+            }
             _ => t,
         };
         out.insert(hf, t);
     }
-    Ok(out)
+    Ok((out, quantized))
+}
+
+/// Whether tensors of this type are stored quantized (not as plain floats).
+fn is_quantized(dtype: GgmlDType) -> bool {
+    !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
+/// [`unpermute`] on quantized rows: each row is a run of whole blocks, so rows move as bytes.
+fn unpermute_quantized(q: &QTensor, heads: usize) -> candle_core::Result<QTensor> {
+    let (rows, cols) = q.shape().dims2()?;
+    let dtype = q.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = q.data()?;
+    let half = rows / heads / 2;
+    let mut out = Vec::with_capacity(data.len());
+    for head in 0..heads {
+        for side in 0..2 {
+            for pair in 0..half {
+                let old = (head * half + pair) * 2 + side;
+                out.extend_from_slice(&data[old * row_bytes..(old + 1) * row_bytes]);
+            }
+        }
+    }
+    QTensor::new(
+        QStorage::from_data(Cow::Owned(out), &Device::Cpu, dtype)?,
+        (rows, cols),
+    )
 }
 
 /// Inverse of llama.cpp's q/k permutation: rows (head, pair, half) → (head, half, pair).

@@ -33,9 +33,36 @@ impl LoadedModel {
 
 /// Loads `path` (a checkpoint folder or a `.gguf` file) in `dtype` on `device`.
 pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel, LoadError> {
+    load_with(path, dtype, device, false)
+}
+
+/// Loads a `.gguf` file whose linear layers and output head then run on the file's quantized
+/// weights (candle's quantized matmul, see [`crate::model::Decoder::use_quantized`]) rather than
+/// on float copies: faster, not exact. Everything else (embeddings, norms) runs in `dtype`.
+pub fn load_quantized(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedModel, LoadError> {
+    if path.is_dir() {
+        return Err(LoadError::at(
+            path,
+            "quantized compute runs a GGUF file's quantized weights; this is a folder (give the .gguf file)",
+        ));
+    }
+    load_with(path, dtype, device, true)
+}
+
+fn load_with(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    quantized: bool,
+) -> Result<LoadedModel, LoadError> {
     if !path.exists() {
         return Err(LoadError::at(path, "no such file or directory"));
     }
+    let mut quantized_weights = None;
     let (config, tokenizer, vb, weights_name) = if path.is_dir() {
         let folder = hf::open(path)?;
         // SAFETY: the files are memory-mapped read-only; like every mmap-based loader we assume
@@ -53,12 +80,24 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel, L
             .join(", ");
         (folder.config, folder.tokenizer, vb, name)
     } else {
-        let file = gguf::open(path)?;
+        let file = gguf::open_with(path, quantized)?;
         let vb = VarBuilder::from_tensors(file.tensors, dtype, device);
+        quantized_weights = quantized.then_some(file.quantized);
         (file.config, file.tokenizer, vb, path.display().to_string())
     };
-    let decoder = Decoder::load(vb, &config)
+    let mut decoder = Decoder::load(vb, &config)
         .map_err(|e| LoadError::new(&weights_name, weight_problem(&e)))?;
+    if let Some(weights) = quantized_weights {
+        let used = decoder
+            .use_quantized(&weights)
+            .map_err(|e| LoadError::at(path, format!("quantized weights: {}", first_line(&e))))?;
+        if used == 0 {
+            return Err(LoadError::at(
+                path,
+                "no weight matrix of this file is stored quantized: there is nothing for quantized compute to run",
+            ));
+        }
+    }
     Ok(LoadedModel {
         path: path.to_owned(),
         adapter: None,

@@ -7,16 +7,20 @@
 //! (candle's fused kernels record none, and the trainer reuses this code).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::{Activation, ModelConfig, NormStyle, RopeSpec};
 use super::fused;
+use super::gemv;
 use super::kernels::{self, masked_softmax};
 use super::kv_cache::KvCache;
 use super::matmul::{linear, matmul};
 use super::projection::{DropoutKey, Projection};
+use super::quantized::{self, QuantizedWeight};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -464,6 +468,9 @@ pub struct Decoder {
     blocks: Vec<Block>,
     norm: RmsNorm,
     lm_head: Tensor,
+    /// The output head in a quantized type, when the model runs quantized (see
+    /// [`Decoder::use_quantized`]).
+    lm_head_quantized: Option<QuantizedWeight>,
     kernels: Kernels,
 }
 
@@ -564,8 +571,76 @@ impl Decoder {
             blocks,
             norm,
             lm_head,
+            lm_head_quantized: None,
             kernels: Kernels::Fused,
         })
+    }
+
+    /// Runs inference on quantized weights: every linear layer and the output head that has an
+    /// entry in `weights` (transformers names, `model.layers.0.mlp.up_proj.weight`,
+    /// `lm_head.weight`, or `model.embed_tokens.weight` for a tied head; `[out, in]` as stored
+    /// in a GGUF file) multiplies products of up to [`quantized::MAX_ROWS`] rows (decoding) by
+    /// it with candle's quantized matmul instead of by its float weight: faster, approximate.
+    /// Longer products and training keep the float weights. Returns how many took a quantized
+    /// weight. Types candle has no vectorised kernel for are re-encoded first
+    /// (see [`super::quantized::has_vector_kernel`]).
+    pub fn use_quantized(&mut self, weights: &HashMap<String, QTensor>) -> Result<usize> {
+        let device = self.device().clone();
+        let on_device = |name: &str, float: &Tensor| -> Result<Option<QuantizedWeight>> {
+            let Some(q) = weights.get(name) else {
+                return Ok(None);
+            };
+            if q.shape() != float.shape() {
+                candle_core::bail!(
+                    "quantized {name} has shape {:?}, the model's weight {:?}",
+                    q.shape(),
+                    float.shape()
+                );
+            }
+            QuantizedWeight::new(q, &device).map(Some)
+        };
+        let mut count = 0;
+        for (name, p) in self.projections_mut() {
+            let q = on_device(&format!("{name}.weight"), p.weight())?;
+            count += usize::from(q.is_some());
+            p.set_quantized(q);
+        }
+        let head = if self.cfg.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        self.lm_head_quantized = on_device(head, &self.lm_head)?;
+        count += usize::from(self.lm_head_quantized.is_some());
+        Ok(count)
+    }
+
+    /// Quantizes every linear layer's float weight and the output head to `dtype` and runs
+    /// inference on them ([`Decoder::use_quantized`]): what a GGUF file of this model in that
+    /// type would run. Dimensions must be multiples of the type's block size.
+    pub fn quantize(&mut self, dtype: GgmlDType) -> Result<usize> {
+        let mut weights = HashMap::new();
+        for (name, p) in self.projections() {
+            weights.insert(
+                format!("{name}.weight"),
+                QTensor::quantize(&p.weight().to_dtype(DType::F32)?, dtype)?,
+            );
+        }
+        let head = if self.cfg.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        weights.insert(
+            head.to_owned(),
+            QTensor::quantize(&self.lm_head.to_dtype(DType::F32)?, dtype)?,
+        );
+        self.use_quantized(&weights)
+    }
+
+    /// Whether any weight runs quantized.
+    pub fn is_quantized(&self) -> bool {
+        self.lm_head_quantized.is_some() || self.projections().iter().any(|(_, p)| p.is_quantized())
     }
 
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
@@ -770,8 +845,19 @@ impl Decoder {
         let idx: Vec<u32> = at.iter().map(|&(b, p)| (b * t + p) as u32).collect();
         let idx = Tensor::from_vec(idx, at.len(), hidden.device())?;
         let h = hidden.reshape(((), d))?.index_select(&idx, 0)?;
-        // A frozen output head gets no gradient (see `matmul`).
-        let logits = linear(&h, &self.lm_head)?.to_dtype(upcast(h.dtype()))?;
+        let logits = if let Some(q) = self
+            .lm_head_quantized
+            .as_ref()
+            .filter(|_| quantized::applies(&h))
+        {
+            q.forward(&h.contiguous()?)?
+        } else if gemv::applies(&h, &self.lm_head) {
+            gemv::row_times_weight_t(&h, &self.lm_head)?
+        } else {
+            // A frozen output head gets no gradient (see `matmul`).
+            linear(&h, &self.lm_head)?
+        };
+        let logits = logits.to_dtype(upcast(h.dtype()))?;
         match self.cfg.final_logit_softcapping {
             Some(cap) => (logits / cap)?.tanh()? * cap,
             None => Ok(logits),

@@ -3,10 +3,13 @@
 pub mod config;
 pub mod decoder;
 pub mod fused;
+mod gemv;
 pub mod kernels;
 pub mod kv_cache;
 pub mod matmul;
 pub mod projection;
+mod q4_1;
+pub mod quantized;
 
 pub use config::{Architecture, ModelConfig};
 pub use decoder::{Batch, Decoder, Kernels, Segments};

@@ -17,7 +17,9 @@ use candle_nn::{Linear, VarBuilder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::gemv;
 use super::matmul::{linear, matmul};
+use super::quantized::{self, QuantizedWeight};
 
 /// A LoRA adapter on one linear layer.
 #[derive(Debug, Clone)]
@@ -167,6 +169,9 @@ pub fn splitmix(mut z: u64) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Projection {
     linear: Linear,
+    /// The frozen weight in a quantized type, when the model runs quantized: inference on a few
+    /// rows multiplies by it instead of by `linear`'s float weight (see [`quantized`]).
+    quantized: Option<QuantizedWeight>,
     adapter: Option<Adapter>,
     /// Unique within the decoder; selects this layer's dropout stream.
     index: u64,
@@ -182,6 +187,7 @@ impl Projection {
     ) -> Result<Self> {
         Ok(Self {
             linear: candle_nn::linear_b(in_dim, out_dim, bias, vb)?,
+            quantized: None,
             adapter: None,
             index,
         })
@@ -224,9 +230,21 @@ impl Projection {
         self.adapter = adapter;
     }
 
-    /// Replaces the frozen weight (e.g. by a `Var` whose gradient the Fisher needs).
+    /// Replaces the frozen weight (e.g. by a `Var` whose gradient the Fisher needs); a quantized
+    /// copy of the old weight is dropped.
     pub fn set_weight(&mut self, weight: Tensor) {
         self.linear = Linear::new(weight, self.linear.bias().cloned());
+        self.quantized = None;
+    }
+
+    /// Runs inference on this quantized copy of the frozen weight (`[out, in]`, see
+    /// [`crate::model::Decoder::use_quantized`]); `None` goes back to the float weight.
+    pub fn set_quantized(&mut self, weight: Option<QuantizedWeight>) {
+        self.quantized = weight;
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        self.quantized.is_some()
     }
 
     /// `(in, out)` features.
@@ -246,8 +264,15 @@ impl Projection {
         x: &Tensor,
         dropout: Option<DropoutKey>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        // A frozen weight gets no gradient (see `matmul`); one made a `Var` does.
-        let base = linear(x, self.weight())?;
+        let base = if let Some(q) = self.quantized.as_ref().filter(|_| quantized::applies(x)) {
+            q.forward(x)?
+        } else if gemv::applies(x, self.weight()) {
+            // Decoding one sequence without a BLAS: the product split across threads.
+            gemv::row_times_weight_t(x, self.weight())?
+        } else {
+            // A frozen weight gets no gradient (see `matmul`); one made a `Var` does.
+            linear(x, self.weight())?
+        };
         let base = match self.bias() {
             Some(b) => base.broadcast_add(b)?,
             None => base,
