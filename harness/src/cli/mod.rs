@@ -5,6 +5,7 @@ mod convert;
 mod data;
 mod debug;
 mod exec;
+mod merge_shards;
 mod models;
 mod output;
 mod report;
@@ -47,6 +48,9 @@ enum Command {
     /// Score a model on benchmarks; writes results.json, samples.jsonl, results.csv, results.md.
     #[command(after_help = EXIT_CODES)]
     Score(Box<score::ScoreArgs>),
+    /// Join the outputs of `harness score --shard 1/N … N/N` into the run an unsharded
+    /// `harness score` writes.
+    MergeShards(merge_shards::MergeShardsArgs),
     /// Put `harness score` runs side by side: Table 1 with paired confidence intervals and
     /// tests against a baseline (Holm-corrected), and the paper's figures as SVG.
     Report(report::ReportArgs),
@@ -159,6 +163,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => debug::generate(a),
         Command::Bench(a) => bench::run(a),
         Command::Score(a) => score::score(*a),
+        Command::MergeShards(a) => merge_shards::run(a),
         Command::Report(a) => report::run(a),
         Command::List(a) => score::list(a),
         Command::Exec(a) => exec::run(a),

@@ -17,8 +17,10 @@ use dtm_harness::data::{self, DataError};
 use dtm_harness::engine::Engine;
 use dtm_harness::evaluate::error::EvalError;
 use dtm_harness::evaluate::report::{self, format_value, TaskReport};
+use dtm_harness::evaluate::shard::Shard;
 use dtm_harness::evaluate::source::{LoadedTask, TaskSource};
 use dtm_harness::evaluate::store::RunStore;
+use dtm_harness::evaluate::subset::Subset;
 use dtm_harness::evaluate::{plugins, run_task, ProgramRunner, Progress, SandboxRunner, TaskJob};
 use dtm_plugin_api::{validate, Item, LoadOptions, OutputType};
 use dtm_yaml_tasks::DEFAULT_FEWSHOT_SEED;
@@ -48,19 +50,19 @@ pub struct PluginArgs {
     /// ~/.local/share/dtm/data, else the source checkout's ../shared/data (the first that
     /// exists); `harness data fetch` downloads the data. YAML tasks read the files they name.
     #[arg(long = "data-dir", value_name = "[NAME=]DIR")]
-    data_dirs: Vec<String>,
+    pub(super) data_dirs: Vec<String>,
 }
 
 /// The data folders, absolute: one for every task, and per-task ones.
-struct DataDirs {
+pub(super) struct DataDirs {
     /// The folder of every task not in `per_task`, or why there is none (an error only for a
     /// task that reads it).
-    default: std::result::Result<PathBuf, DataError>,
-    per_task: BTreeMap<String, PathBuf>,
+    pub(super) default: std::result::Result<PathBuf, DataError>,
+    pub(super) per_task: BTreeMap<String, PathBuf>,
 }
 
 impl DataDirs {
-    fn of(&self, task: &str) -> std::result::Result<&Path, DataError> {
+    pub(super) fn of(&self, task: &str) -> std::result::Result<&Path, DataError> {
         match self.per_task.get(task) {
             Some(dir) => Ok(dir),
             None => self.default.as_deref().map_err(Clone::clone),
@@ -76,7 +78,7 @@ impl DataDirs {
 }
 
 impl PluginArgs {
-    fn open(&self) -> Result<Vec<Box<dyn TaskSource>>> {
+    pub(super) fn open(&self) -> Result<Vec<Box<dyn TaskSource>>> {
         let exe_dir = plugins::exe_dir();
         let candidates = plugins::candidates(exe_dir.as_deref(), &self.plugin_dirs, &self.plugins)?;
         let mut warn = |w: String| eprintln!("warning: {w}");
@@ -101,7 +103,7 @@ impl PluginArgs {
 
     /// `--data-dir` values: at most one `DIR`, any number of `NAME=DIR` (whose folders must
     /// exist); all made absolute, so that a folder spelt two ways is one folder.
-    fn data_dirs(&self) -> Result<DataDirs> {
+    pub(super) fn data_dirs(&self) -> Result<DataDirs> {
         let mut default = None;
         let mut per_task = BTreeMap::new();
         for v in &self.data_dirs {
@@ -247,6 +249,19 @@ pub struct ScoreArgs {
     /// Do not execute programs: code benchmarks then report pass@1 as unavailable.
     #[arg(long)]
     no_exec: bool,
+    /// Score only the I-th of N disjoint slices of every task's items (whole chunks of
+    /// --chunk-size dealt round-robin after --limit); `harness merge-shards` joins the N outputs.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+    /// Score only the items this JSON file lists, `{"TASK": [doc_id, …]}` (TASK as in --tasks,
+    /// e.g. `mmlu:anatomy`); tasks it does not name are scored whole. Applied after --limit.
+    #[arg(long, value_name = "FILE")]
+    items: Option<PathBuf>,
+    /// Print what scoring would cost, in tokens per task (JSON: requests, tokens requested, the
+    /// fewest forwarded with prefix reuse, the most generated), and exit: loads only the first
+    /// --model's tokenizer and writes nothing.
+    #[arg(long)]
+    plan: bool,
 }
 
 /// The progress bar on a terminal.
@@ -370,7 +385,7 @@ struct Spec {
 
 /// The (task, subtask) pairs `--tasks` names, refusing unknown, repeated or overlapping ones. A
 /// whole task reached again through `all` or a tag is taken once.
-fn task_specs(
+pub(super) fn task_specs(
     requested: &[String],
     sources: &[Box<dyn TaskSource>],
 ) -> Result<Vec<(String, Option<String>)>> {
@@ -486,14 +501,14 @@ fn source_identity(source: &dyn TaskSource) -> Result<Value> {
 }
 
 /// A task ready to run: its source, loaded task, items, and what its results depend on.
-struct Prepared<'a> {
-    name: String,
-    source: &'a dyn TaskSource,
-    task: Box<dyn LoadedTask>,
-    items: Vec<Item>,
+pub(super) struct Prepared<'a> {
+    pub(super) name: String,
+    pub(super) source: &'a dyn TaskSource,
+    pub(super) task: Box<dyn LoadedTask>,
+    pub(super) items: Vec<Item>,
     /// What results.json records of the benchmark (see [`source_identity`]).
-    plugin_identity: Value,
-    data_files: BTreeMap<String, String>,
+    pub(super) plugin_identity: Value,
+    pub(super) data_files: BTreeMap<String, String>,
     timeout_s: Option<f64>,
 }
 
@@ -501,7 +516,7 @@ impl Prepared<'_> {
     /// What the task's items depend on beyond the run's settings: the benchmark's definition,
     /// its data and its protocol settings (options included). Paths are not part of it: the
     /// files are identified by their hashes, wherever they are.
-    fn identity(&self) -> Value {
+    pub(super) fn identity(&self) -> Value {
         let p = &self.plugin_identity;
         let mut plugin = json!({"name": p["name"], "version": p["version"], "sha256": p["sha256"]});
         if let Some(includes) = p.get("includes") {
@@ -517,7 +532,7 @@ impl Prepared<'_> {
 }
 
 /// Reads one task's data and builds its items, checked against its description.
-fn prepare<'a>(
+pub(super) fn prepare<'a>(
     source: &'a dyn TaskSource,
     name: &str,
     sub: Option<&String>,
@@ -604,6 +619,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         }
     }
 
+    let subset = Subset::from_args(args.items.as_deref(), args.shard, args.chunk_size, &specs)?;
     // Every task's data is read and its items built before the model loads; a task that fails
     // here (a broken plugin, a missing or short data file) is reported and the others go on.
     let mut prepared: Vec<Prepared> = Vec::new();
@@ -627,7 +643,10 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             args.seed,
             args.timeout,
         ) {
-            Ok(p) => prepared.push(p),
+            Ok(mut p) => {
+                p.items = subset.of(&p.name, std::mem::take(&mut p.items))?;
+                prepared.push(p);
+            }
             Err(e) => {
                 let e = super::message(&e);
                 eprintln!("error: {name}: {e}");
@@ -640,6 +659,19 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             "every task failed before scoring (see the errors above)".into(),
         )
         .into());
+    }
+    if args.plan {
+        let tasks: Vec<_> = prepared
+            .iter()
+            .map(|p| (p.name.as_str(), p.items.as_slice()))
+            .collect();
+        let plan = dtm_harness::evaluate::plan::report(
+            &args.model.models[0],
+            args.model.max_length,
+            &tasks,
+        )?;
+        print_line(&serde_json::to_string_pretty(&plan)?)?;
+        return Ok(());
     }
     let execute = !args.no_exec;
     let needs_sandbox = execute
@@ -669,6 +701,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         "sandbox_fuel_per_second": dtm_sandbox::FUEL_PER_SECOND,
     });
     model_identity.add_to_fingerprint(&mut identity);
+    subset.record(&mut identity);
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("{}: cannot create", args.output.display()))?;
     let store = RunStore::open(&args.output, &identity)?;
@@ -766,7 +799,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         .filter_map(|t| t.report["task"].as_str().map(str::to_owned))
         .collect();
     in_report.sort();
-    let header = json!({
+    let mut header = json!({
         "harness_version": env!("CARGO_PKG_VERSION"),
         "model": model_identity.header(),
         "options": {
@@ -777,6 +810,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             "execute_programs": execute, "program_memory_mb": args.memory_mb, "program_time_limit_s": args.timeout,
         },
     });
+    subset.record(&mut header["options"]);
     report::write_all(&args.output, &header, &finished, &errors)?;
     eprintln!(
         "wrote {}/results.json, samples.jsonl, results.csv, results.md ({} tasks)",

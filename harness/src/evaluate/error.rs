@@ -59,6 +59,9 @@ pub enum EvalError {
     /// A plugin file or folder that cannot be used, or two plugins claiming one name.
     #[error("{}: {problem}", path.display())]
     PluginFile { path: PathBuf, problem: String },
+    /// An `--items` list that cannot be read or names items or tasks the run does not have.
+    #[error("{0}")]
+    Items(String),
     /// Another process is writing the same output folder.
     #[error("{} is in use by another harness run{}; wait for it to finish or use another --output", dir.display(), holder.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
     Locked {

@@ -5,10 +5,14 @@
 //! finished items are saved chunk by chunk so that a killed run resumes.
 
 pub mod error;
+pub mod items;
+pub mod plan;
 pub mod plugins;
 pub mod report;
+pub mod shard;
 pub mod source;
 pub mod store;
+pub mod subset;
 
 use std::time::Instant;
 

@@ -145,6 +145,21 @@ fn read_json(path: &Path) -> Result<Value> {
     })
 }
 
+/// A run's `run.json`, refused when another version of the harness wrote it.
+fn read_run(path: &Path) -> Result<Value> {
+    let run = read_json(path)?;
+    if run.get("format") != Some(&FORMAT.into()) {
+        return Err(EvalError::Corrupt {
+            path: path.to_owned(),
+            problem: format!(
+                "written by another version of the harness (progress format {}, this one reads {FORMAT})",
+                run.get("format").map_or("1".into(), Value::to_string)
+            ),
+        });
+    }
+    Ok(run)
+}
+
 fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
     write_atomic(path, text.as_bytes())
@@ -193,16 +208,7 @@ impl RunStore {
         identity["format"] = FORMAT.into();
         let run = progress.join("run.json");
         if run.exists() {
-            let earlier = read_json(&run)?;
-            if earlier.get("format") != identity.get("format") {
-                return Err(EvalError::Corrupt {
-                    path: run,
-                    problem: format!(
-                        "written by another version of the harness (progress format {}, this one reads {FORMAT})",
-                        earlier.get("format").map_or("1".into(), Value::to_string)
-                    ),
-                });
-            }
+            let earlier = read_run(&run)?;
             let changes = differences(&earlier, &identity, "");
             if !changes.is_empty() {
                 return Err(EvalError::Mismatch {
@@ -220,6 +226,30 @@ impl RunStore {
             progress,
             _lock: lock,
         })
+    }
+
+    /// Opens the finished or interrupted run in `dir` to read it, taking its lock (a run still
+    /// writing it is refused); returns its identity as [`RunStore::open`] was given it.
+    pub fn open_existing(dir: &Path) -> Result<(Self, Value)> {
+        let progress = dir.join(".progress");
+        let run = progress.join("run.json");
+        if !run.is_file() {
+            return Err(EvalError::Corrupt {
+                path: run,
+                problem: "missing: not the output folder of `harness score`".into(),
+            });
+        }
+        let lock = lock(&progress, dir)?;
+        let mut identity = read_run(&run)?;
+        if let Some(o) = identity.as_object_mut() {
+            o.remove("format");
+        }
+        let store = Self {
+            dir: dir.to_owned(),
+            progress,
+            _lock: lock,
+        };
+        Ok((store, identity))
     }
 
     pub fn dir(&self) -> &Path {
@@ -253,16 +283,36 @@ impl RunStore {
         }
     }
 
+    /// The identity [`RunStore::begin_task`] recorded for `task`, if it was begun.
+    pub fn task_identity(&self, task: &str) -> Result<Option<Value>> {
+        let path = self.task_dir(task).join("task.json");
+        path.is_file().then(|| read_json(&path)).transpose()
+    }
+
     /// Items of `task` saved by earlier (possibly killed) runs, by doc_id, and what they cost.
     pub fn finished(&self, task: &str) -> Result<Saved> {
         let mut out = Saved::default();
+        for (cost, samples) in self.chunks(task)? {
+            out.cost.tokens.add(&cost.tokens);
+            out.cost.wall_seconds += cost.wall_seconds;
+            for s in samples {
+                out.samples.insert(s.doc_id, s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The saved chunks of `task` as they were saved: each one's cost and items.
+    pub fn chunks(&self, task: &str) -> Result<Vec<(ChunkCost, Vec<Sample>)>> {
         let dir = self.task_dir(task);
         if !dir.exists() {
-            return Ok(out);
+            return Ok(Vec::new());
         }
+        let mut out = Vec::new();
         for path in chunk_files(&dir)? {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| EvalError::io(&path, "cannot read", e))?;
+            let (mut cost, mut samples) = (ChunkCost::default(), Vec::new());
             for (n, line) in text.lines().enumerate() {
                 let line: ChunkLine =
                     serde_json::from_str(line).map_err(|e| EvalError::Corrupt {
@@ -271,16 +321,34 @@ impl RunStore {
                     })?;
                 match line {
                     ChunkLine::Header { chunk } => {
-                        out.cost.tokens.add(&chunk.tokens);
-                        out.cost.wall_seconds += chunk.wall_seconds;
+                        cost.tokens.add(&chunk.tokens);
+                        cost.wall_seconds += chunk.wall_seconds;
                     }
-                    ChunkLine::Sample(s) => {
-                        out.samples.insert(s.doc_id, *s);
-                    }
+                    ChunkLine::Sample(s) => samples.push(*s),
                 }
             }
+            out.push((cost, samples));
         }
         Ok(out)
+    }
+
+    /// Deletes the saved items and the report of `task` (its identity stays): for work that is
+    /// written again whole from elsewhere (`harness merge-shards`).
+    pub fn forget_items(&self, task: &str) -> Result<()> {
+        let dir = self.task_dir(task);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let report = dir.join("report.json");
+        for path in chunk_files(&dir)?.into_iter().chain([report]) {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(EvalError::io(&path, "cannot delete", e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Saves a chunk of finished items of `task`, with what computing them cost, atomically.

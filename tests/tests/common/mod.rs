@@ -86,3 +86,14 @@ pub fn read_samples(dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// The `trainer` binary beside `harness`.
+pub fn trainer_bin() -> PathBuf {
+    let bin = target_dir().join("trainer");
+    assert!(
+        bin.exists(),
+        "{} not built: run the tests with `cargo test --workspace --release`",
+        bin.display()
+    );
+    bin
+}

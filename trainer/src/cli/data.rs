@@ -52,7 +52,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     }
 }
 
-fn parse_counts(text: &str) -> anyhow::Result<Vec<(String, usize)>> {
+pub(crate) fn parse_counts(text: &str) -> anyhow::Result<Vec<(String, usize)>> {
     let mut out: Vec<(String, usize)> = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (name, n) = part

@@ -8,6 +8,7 @@ mod embed;
 mod export;
 mod fisher;
 mod merge;
+mod reproduce;
 mod select;
 mod sft;
 mod soup;
@@ -52,6 +53,9 @@ enum Command {
     Dtm(Box<dtm::DtmArgs>),
     /// Uniform Soup: M full-data runs with other learning rates and seeds, averaged.
     Soup(Box<soup::SoupArgs>),
+    /// A whole table of the paper from one recipe: every stage from data to report, resumable,
+    /// with its cost printed first (--dry-run) and as Slurm jobs (--emit-slurm).
+    Reproduce(reproduce::ReproduceArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -67,5 +71,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Merge(args) => merge::run(args),
         Command::Select(args) => select::run(*args),
         Command::Fisher(args) => fisher::run(args),
+        Command::Reproduce(args) => reproduce::run(args),
     }
 }

@@ -36,8 +36,13 @@ pub struct SftArgs {
 
 /// The training settings, shared by `trainer sft`, `trainer dtm` and `trainer soup`. Every flag
 /// is optional: unset ones take the preset's value (PROTOCOL.md §4); an explicit flag wins over
-/// the preset.
-#[derive(Args, Clone, Default)]
+/// the preset. A recipe's `[train]` table reads into it, keys spelt as the flags without `--`.
+#[derive(Args, Clone, Debug, Default, serde::Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "kebab-case",
+    default = "SftOptions::unset"
+)]
 pub struct SftOptions {
     /// Default paper. paper: PROTOCOL.md §4 (r 16, alpha 16, dropout 0.05 on gate/up/down_proj, lr 3e-4, betas
     /// 0.9,0.95, 100 warm-up steps then cosine, batch 16, max length 1024, 3 epochs, EOS appended,
@@ -175,6 +180,13 @@ pub struct SftOptions {
 }
 
 impl SftOptions {
+    /// Every flag unset, as `trainer sft` reads an empty command line (clap's defaults).
+    pub fn unset() -> Self {
+        use clap::FromArgMatches;
+        let cmd = Self::augment_args(clap::Command::new("sft"));
+        Self::from_arg_matches(&cmd.get_matches_from(["sft"])).expect("the defaults parse")
+    }
+
     /// The run's settings for `model` and `data`.
     pub fn config(&self, model: PathBuf, data: PathBuf) -> anyhow::Result<SftConfig> {
         let p = self.preset.unwrap_or(Preset::Paper).values();

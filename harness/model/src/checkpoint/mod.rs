@@ -106,6 +106,21 @@ fn load_with(
     })
 }
 
+/// A checkpoint's tokenizer and config without building the model (a GGUF file's weights are
+/// still read: its tokenizer lives in the same file).
+pub fn open_tokenizer(path: &Path) -> Result<(TextTokenizer, ModelConfig), LoadError> {
+    if !path.exists() {
+        return Err(LoadError::at(path, "no such file or directory"));
+    }
+    if path.is_dir() {
+        let f = hf::open(path)?;
+        Ok((f.tokenizer, f.config))
+    } else {
+        let f = gguf::open(path)?;
+        Ok((f.tokenizer, f.config))
+    }
+}
+
 /// Loads a checkpoint and, when given, applies an adapter folder to it: a PEFT LoRA adapter or
 /// a mixture of LoRA experts (`peft_type: "LORAMOE"`, [`crate::adapter::moe`]).
 pub fn load_with_adapter(
