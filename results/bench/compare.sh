@@ -74,7 +74,7 @@ PY="$VENV/bin/python"
 # ---- our side -----------------------------------------------------------------------------------
 say "building the workspace (harness, benchmark plugins) and the sandbox benchmark (release) ..."
 cargo build --release -q --workspace >&2
-cargo build --release -q -p dtm-sandbox --example bench_humaneval >&2
+cargo build --release -q --workspace --example bench_humaneval >&2
 H="$T/harness"
 if [[ ! -f "$HF/model.safetensors" ]]; then
     say "writing the f32 Hugging Face folder of the GGUF ($HF) ..."

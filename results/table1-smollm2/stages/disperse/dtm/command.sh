@@ -1,0 +1,1 @@
+trainer disperse --data /work/main/runs/table1-smollm2/stages/data/mix-8691b80a1f24/sft.jsonl --k 4 --method random --seed 0 --output /work/main/runs/table1-smollm2/stages/disperse/dtm-627b97809659/portions

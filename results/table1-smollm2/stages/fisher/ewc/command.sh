@@ -1,0 +1,1 @@
+trainer fisher --model /work/main/runs/table1-smollm2/stages/convert/base-ecd0b4d55a02/model --data /work/shared/data/replay_text/wikitext-2 --output /work/main/runs/table1-smollm2/stages/fisher/ewc-9ec46a7e2ee0/fisher.safetensors --max-len 256 --samples 32 --device cpu

@@ -1,0 +1,1 @@
+trainer select --method deita-complexity --scorer /work/main/runs/table1-smollm2/stages/convert/base-ecd0b4d55a02/model --data /work/main/runs/table1-smollm2/stages/data/mix-8691b80a1f24/sft.jsonl --output /work/main/runs/table1-smollm2/stages/select/deita-16bbc60c6eef/selection --top-k 160 --device cpu
