@@ -17,7 +17,8 @@
 #     `--quantized` when this harness has that flag: the GGUF's quantised compute path).
 #   * HumanEval: the 164 canonical programs, sandbox vs one native python3 subprocess each, 2 jobs
 #     (`cargo run -p dtm-sandbox --example bench_humaneval`).
-# Each timing is the best of DTM_COMPARE_REPEAT runs (default 2). Ratios are written so that
+# With DTM_BLAS=off in the environment the harness runs on candle's matmul instead of OpenBLAS
+# (what the BLAS path gives). Each timing is the best of DTM_COMPARE_REPEAT runs (default 2). Ratios are written so that
 # > 1 means the harness is faster.
 #
 # The reference tools live in a throwaway venv, made on first use (pinned: torch 2.15.0,

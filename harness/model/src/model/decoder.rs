@@ -15,12 +15,11 @@ use candle_nn::VarBuilder;
 
 use super::config::{Activation, ModelConfig, NormStyle, RopeSpec};
 use super::fused;
-use super::gemv;
 use super::kernels::{self, masked_softmax};
 use super::kv_cache::KvCache;
-use super::matmul::{linear, matmul};
+use super::matmul::{matmul, weight_product};
 use super::projection::{DropoutKey, Projection};
-use super::quantized::{self, QuantizedWeight};
+use super::quantized::QuantizedWeight;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -579,7 +578,7 @@ impl Decoder {
     /// Runs inference on quantized weights: every linear layer and the output head that has an
     /// entry in `weights` (transformers names, `model.layers.0.mlp.up_proj.weight`,
     /// `lm_head.weight`, or `model.embed_tokens.weight` for a tied head; `[out, in]` as stored
-    /// in a GGUF file) multiplies products of up to [`quantized::MAX_ROWS`] rows (decoding) by
+    /// in a GGUF file) multiplies products of up to [`super::quantized::MAX_ROWS`] rows (decoding) by
     /// it with candle's quantized matmul instead of by its float weight: faster, approximate.
     /// Longer products and training keep the float weights. Returns how many took a quantized
     /// weight. Types candle has no vectorised kernel for are re-encoded first
@@ -845,18 +844,8 @@ impl Decoder {
         let idx: Vec<u32> = at.iter().map(|&(b, p)| (b * t + p) as u32).collect();
         let idx = Tensor::from_vec(idx, at.len(), hidden.device())?;
         let h = hidden.reshape(((), d))?.index_select(&idx, 0)?;
-        let logits = if let Some(q) = self
-            .lm_head_quantized
-            .as_ref()
-            .filter(|_| quantized::applies(&h))
-        {
-            q.forward(&h.contiguous()?)?
-        } else if gemv::applies(&h, &self.lm_head) {
-            gemv::row_times_weight_t(&h, &self.lm_head)?
-        } else {
-            // A frozen output head gets no gradient (see `matmul`).
-            linear(&h, &self.lm_head)?
-        };
+        // A frozen output head gets no gradient (see `matmul`).
+        let logits = weight_product(&h, &self.lm_head, self.lm_head_quantized.as_ref())?;
         let logits = logits.to_dtype(upcast(h.dtype()))?;
         match self.cfg.final_logit_softcapping {
             Some(cap) => (logits / cap)?.tanh()? * cap,

@@ -78,6 +78,22 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.apply_op2_arc(&w, Arc::new(Box::new(Linear)))
 }
 
+/// `x · wᵀ` for a model weight, on the fastest kernel that applies: the weight's quantized copy
+/// for a few rows of inference (see [`super::quantized`]), the threaded one-row kernel when
+/// decoding without a BLAS (see [`super::gemv`]), else [`linear`]. Every linear layer and the
+/// output head go through here.
+pub(crate) fn weight_product(
+    x: &Tensor,
+    w: &Tensor,
+    quantized: Option<&super::quantized::QuantizedWeight>,
+) -> Result<Tensor> {
+    match quantized.filter(|_| super::quantized::applies(x)) {
+        Some(q) => q.forward(&x.contiguous()?),
+        None if super::gemv::applies(x, w) => super::gemv::row_times_weight_t(x, w),
+        None => linear(x, w),
+    }
+}
+
 /// `[.., in]` seen as one `[rows, in]` matrix, when the leading dimensions nest into one stride
 /// and the matrix is row- or column-major.
 fn rows_view(layout: &Layout) -> Option<Batched> {

@@ -17,9 +17,8 @@ use candle_nn::{Linear, VarBuilder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::gemv;
-use super::matmul::{linear, matmul};
-use super::quantized::{self, QuantizedWeight};
+use super::matmul::{linear, matmul, weight_product};
+use super::quantized::QuantizedWeight;
 
 /// A LoRA adapter on one linear layer.
 #[derive(Debug, Clone)]
@@ -264,15 +263,8 @@ impl Projection {
         x: &Tensor,
         dropout: Option<DropoutKey>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let base = if let Some(q) = self.quantized.as_ref().filter(|_| quantized::applies(x)) {
-            q.forward(x)?
-        } else if gemv::applies(x, self.weight()) {
-            // Decoding one sequence without a BLAS: the product split across threads.
-            gemv::row_times_weight_t(x, self.weight())?
-        } else {
-            // A frozen weight gets no gradient (see `matmul`); one made a `Var` does.
-            linear(x, self.weight())?
-        };
+        // A frozen weight gets no gradient (see `matmul`); one made a `Var` does.
+        let base = weight_product(x, self.weight(), self.quantized.as_ref())?;
         let base = match self.bias() {
             Some(b) => base.broadcast_add(b)?,
             None => base,
